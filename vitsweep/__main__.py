@@ -1,0 +1,3 @@
+from vitsweep.cli import main
+
+main()

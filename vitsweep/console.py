@@ -1,0 +1,44 @@
+"""How runs look in a terminal: one line per epoch, a summary at the end."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from vitsweep.config import Config
+from vitsweep.trainer import TrainResult
+
+
+def err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def describe(cfg: Config) -> str:
+    m, o = cfg.model, cfg.optimizer
+    return (f"ViT {m.preset} (dim {m.dim}, depth {m.depth}, heads {m.heads}, patch {m.patch_size}) · "
+            f"{o.name} lr {o.lr:g} betas {list(o.betas or [])} wd {o.weight_decay:g} · "
+            f"augment {cfg.augment.policy} · {cfg.train.precision} · {cfg.train.epochs} epochs "
+            f"· data {cfg.data.source}:{cfg.data.root if cfg.data.source != 'synthetic' else 'generated'}")
+
+
+def epoch_line(epochs: int, prefix: str = "") -> Callable[[int, dict[str, float]], None]:
+    """An ``on_epoch`` callback printing: epoch, train loss, val loss/acc, lr, images/s, time."""
+    width = len(str(epochs))
+
+    def show(epoch: int, m: dict[str, float]) -> None:
+        print(f"{prefix}epoch {epoch:>{width}}/{epochs}  train_loss {m['train_loss']:.4f}  "
+              f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:6.2%}  lr {m['lr']:.2e}  "
+              f"{m['images_per_sec']:,.0f} img/s  {m['epoch_time']:.1f}s", flush=True)
+
+    return show
+
+
+def summary(r: TrainResult) -> str:
+    lines = [f"stopped: {r.stop_reason} after {r.epochs_run} epoch(s) in {r.wall_time:.1f}s "
+             f"on {r.device} ({r.precision}, {r.num_params / 1e6:.2f}M params)",
+             f"best val acc: {r.best_val_acc:.2%} (epoch {r.best_epoch})"]
+    if r.test is not None:
+        lines.append(f"test acc:     {r.test.acc:.2%} (loss {r.test.loss:.4f}, best checkpoint)")
+    if r.run_dir is not None:
+        lines.append(f"checkpoint:   {r.run_dir / 'best.pt'}  (resume: --resume {r.run_dir})")
+    return "\n".join(lines)

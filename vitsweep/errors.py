@@ -1,0 +1,19 @@
+"""Errors a user can fix. The CLI prints them without a traceback and exits with `exit_code`."""
+
+
+class VitsweepError(Exception):
+    """Bad input from the user (config, sweep file, data, study): exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(VitsweepError):
+    """A trainer or sweep config that cannot be used as written."""
+
+
+class DataError(VitsweepError):
+    """Data that is missing or unreadable."""
+
+
+class VitsweepWarning(UserWarning):
+    """Something works, but probably not the way the user wants (e.g. bf16 on a CPU)."""

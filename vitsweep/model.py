@@ -1,0 +1,125 @@
+"""A readable Vision Transformer (ViT) for small images.
+
+Conv patch embedding -> [cls] + learned position embedding -> pre-norm blocks (fused qkv,
+F.scaled_dot_product_attention, stochastic depth) -> LayerNorm -> linear head.
+Shapes: B batch, C channels, H/W image size, P patch, N = (H/P)*(W/P) tokens, D dim, h heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitsweep.config import ModelConfig
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty(x.shape[0], *([1] * (x.ndim - 1)), device=x.device, dtype=x.dtype)
+        return x * keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, attn_dropout: float, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(dim, 3 * dim)  # fused q, k, v
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)  # (B, N, 3, h, D/h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, D/h)
+        p = self.attn_dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, D/h)
+        x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        return self.proj_drop(self.proj(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, attn_dropout: float, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, attn_dropout, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ViT(nn.Module):
+    def __init__(self, cfg: ModelConfig, image_size: int, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        self.cfg = cfg
+        self.pool = cfg.pool
+        n_tokens = (image_size // cfg.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens + 1, cfg.dim))
+        self.pos_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # deeper blocks drop more
+        self.blocks = nn.Sequential(
+            *[Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.attn_dropout, r) for r in rates]
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.head.weight)  # start from uniform predictions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, N+1, D)
+        x = self.norm(self.blocks(x))  # (B, N+1, D)
+        x = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
+        return self.head(x)  # (B, classes)
+
+    def no_decay_names(self) -> set[str]:
+        """Parameters kept out of weight decay: norms, biases, position embedding, cls token."""
+        return {n for n, p in self.named_parameters() if p.ndim <= 1 or n in ("pos_embed", "cls_token")}
+
+
+def build_model(cfg: ModelConfig, image_size: int, num_classes: int) -> ViT:
+    return ViT(cfg, image_size=image_size, num_classes=num_classes)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
