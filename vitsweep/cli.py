@@ -49,6 +49,57 @@ def train(
     print(console.summary(result))
 
 
+RefArgument = Annotated[str, typer.Argument(
+    metavar="RUN_ID_OR_CHECKPOINT", help="A checkpoint file (storage/runs/NAME/best.pt) or an MLflow run id.")]
+TrackingUriOption = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow store for run ids [default: $MLFLOW_TRACKING_URI or sqlite:///storage/mlflow.db].")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+@app.command()
+def evaluate(
+    ref: RefArgument,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/eval/NAME].")] = None,
+    fp8: Annotated[bool, typer.Option("--fp8", help="Also evaluate with simulated FP8 (E4M3) weights.")] = False,
+    device: DeviceOption = "auto",
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid."""
+    from vitsweep.evaluate import format_summary, run_evaluate
+
+    print(format_summary(run_evaluate(ref, out=out, device=device, fp8=fp8, tracking_uri=tracking_uri)))
+
+
+@app.command()
+def bench(
+    ref: RefArgument,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,16,64,128",
+    device: DeviceOption = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/bench/NAME].")] = None,
+    min_time: Annotated[float, typer.Option(help="Seconds of timed passes per batch size (at least 5 passes).")] = 1.0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch [default: torch's choice].")] = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html."""
+    from vitsweep.bench import format_summary, parse_batch_sizes, run_bench
+
+    print(format_summary(run_bench(ref, parse_batch_sizes(batch_sizes), device=device, out=out, min_time=min_time,
+                                   threads=threads, tracking_uri=tracking_uri)))
+
+
+@app.command()
+def export(
+    ref: RefArgument,
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/export/NAME].")] = None,
+    tracking_uri: TrackingUriOption = None,
+) -> None:
+    """ONNX or TorchScript file, verified against PyTorch's logits, with its config beside it as JSON."""
+    from vitsweep.export import format_summary, run_export
+
+    print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     return f"warning: {message}\n"
 
