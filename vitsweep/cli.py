@@ -100,6 +100,69 @@ def export(
     print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
 
 
+StorageOption = Annotated[
+    Optional[str],
+    typer.Option("--storage", help="Optuna storage URL [default: the sweep file's, else sqlite:///storage/optuna.db]."),
+]
+
+
+@app.command()
+def run(
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML, e.g. sweeps/smoke.yaml.")],
+    n_trials: Annotated[Optional[int], typer.Option("--n-trials", help="The study's total trials (all workers).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes sharing the study.")] = 1,
+    storage: StorageOption = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off).")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no new trial after this many seconds.")] = None,
+) -> None:
+    """Run (or continue) a sweep: a line per trial, then the best trial and counts by state."""
+    from vitsweep.study import run_sweep
+    from vitsweep.sweep import load_sweep
+
+    cfg = load_sweep(sweep).with_overrides(n_trials=n_trials, timeout=timeout, storage=storage,
+                                           tracking_uri=tracking_uri)
+    run_sweep(cfg, workers=workers)
+
+
+@app.command()
+def trials(
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
+    storage: StorageOption = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table to this CSV file.")] = None,
+) -> None:
+    """Table of a study's trials: state, value, epochs, params, failure reason."""
+    from vitsweep.study import show_trials
+    from vitsweep.sweep import DEFAULT_STORAGE
+
+    show_trials(study, storage or DEFAULT_STORAGE, csv)
+
+
+@app.command()
+def dashboard(
+    storage: StorageOption = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the sweep storage."""
+    from vitsweep.study import dashboard as serve
+    from vitsweep.sweep import DEFAULT_STORAGE
+
+    serve(storage or DEFAULT_STORAGE, host, port)
+
+
+@app.command()
+def ui(
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="[default: sqlite:///storage/mlflow.db]")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 5000,
+) -> None:
+    """Serve the MLflow UI (and REST API) on the sweeps' tracking store."""
+    from vitsweep.study import ui as serve
+    from vitsweep.sweep import DEFAULT_TRACKING
+
+    raise typer.Exit(serve(tracking_uri or DEFAULT_TRACKING, host, port))
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     return f"warning: {message}\n"
 

@@ -1,0 +1,141 @@
+"""MLflow logging for sweeps, with ``MlflowClient`` and explicit run ids (no active-run globals).
+
+One parent run per study (its id lives in the study's user attrs ``mlflow_parent_run_id``, so a
+resumed study reuses it), one nested run per trial (tag ``mlflow.parentRunId``; its id lives in the
+trial's user attrs ``mlflow_run_id``). Trial state goes into the run status (FINISHED complete,
+KILLED pruned, FAILED failed) and into the tags ``vitsweep.trial_state`` / ``vitsweep.reason``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from vitsweep.config import Config
+from vitsweep.sqlite import prepare_sqlite
+
+# Optuna trial state -> MLflow run status
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+TAG_STATE, TAG_REASON = "vitsweep.trial_state", "vitsweep.reason"
+TAG_TRIAL, TAG_STUDY = "optuna.trial_number", "optuna.study_name"
+PARENT_ATTR, RUN_ATTR = "mlflow_parent_run_id", "mlflow_run_id"
+
+
+def _hardware_tags(device: str | None) -> dict[str, str]:
+    import torch
+
+    from vitsweep.device import device_name, resolve_device
+
+    tags = {"torch.version": torch.__version__, "python.version": platform.python_version(),
+            "host": platform.node()}
+    try:
+        tags["hardware.device"] = device_name(resolve_device(device or "auto"))
+    except Exception:  # noqa: BLE001 - a tag must never fail a trial
+        tags["hardware.device"] = str(device)
+    return tags
+
+
+class Tracker:
+    """MLflow for one sweep; ``uri="none"`` makes every method a no-op."""
+
+    def __init__(self, uri: str, experiment: str, artifacts: str):
+        self.uri, self.experiment_name, self.enabled = uri, experiment, uri.lower() != "none"
+        self.client: Any = None
+        self.experiment_id: str | None = None
+        if not self.enabled:
+            return
+        from mlflow import MlflowClient
+
+        prepare_sqlite(uri)
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            try:
+                location = Path(artifacts).resolve().as_uri() if "://" not in artifacts else artifacts
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            except Exception:  # noqa: BLE001 - another worker created it first
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+        if exp is not None:
+            self.experiment_id = exp.experiment_id
+
+    # -- parent ---------------------------------------------------------------------------------
+
+    def parent_run(self, study_name: str, existing: str | None, tags: dict[str, str]) -> str | None:
+        """The sweep's parent run: reuse ``existing`` (set back to RUNNING) or create it."""
+        if not self.enabled:
+            return None
+        if existing:
+            try:
+                self.client.get_run(existing)
+                self.client.update_run(existing, status="RUNNING")
+                return existing
+            except Exception:  # noqa: BLE001 - deleted or a different tracking store: start anew
+                pass
+        run = self.client.create_run(self.experiment_id, run_name=study_name,
+                                     tags={TAG_STUDY: study_name, "vitsweep.kind": "sweep", **tags,
+                                           **_hardware_tags(None)})
+        return run.info.run_id
+
+    def end_parent(self, run_id: str | None, status: str, metrics: dict[str, float]) -> None:
+        if not self.enabled or not run_id:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self.client.set_terminated(run_id, status=status)
+
+    # -- trials ---------------------------------------------------------------------------------
+
+    def start_trial(self, parent_id: str | None, study_name: str, number: int, config: Config,
+                    params: dict[str, Any]) -> str | None:
+        if not self.enabled:
+            return None
+        from mlflow.entities import Param as MParam
+
+        tags = {TAG_STUDY: study_name, TAG_TRIAL: str(number), TAG_STATE: "RUNNING",
+                "vitsweep.kind": "trial", **_hardware_tags(config.train.device)}
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=f"{study_name}-trial-{number}", tags=tags)
+        flat = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.flat().items()}
+        items = [MParam(k, str(v)) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+        return run.info.run_id
+
+    def log_epoch(self, run_id: str | None, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.enabled or not run_id:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()
+                                               if k != "epoch"])
+
+    def end_trial(self, run_id: str | None, state: str, reason: str = "", value: float | None = None,
+                  metric: str = "value") -> None:
+        """End a trial's run: status from the Optuna state, tags with state and reason."""
+        if not self.enabled or not run_id:
+            return
+        from mlflow.entities import Metric, RunTag
+
+        tags = [RunTag(TAG_STATE, state), RunTag(TAG_REASON, reason[:4000] or state.lower())]
+        metrics = [Metric(f"best_{metric}", float(value), int(time.time() * 1000), 0)] if value is not None else []
+        try:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        finally:
+            self.client.set_terminated(run_id, status=RUN_STATUS.get(state, "FAILED"))
+
+    def trial_runs(self, study_name: str) -> list[Any]:
+        """All trial runs of a study (``mlflow.entities.Run``), newest first."""
+        if not self.enabled:
+            return []
+        return self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' "
+                                                     f"and tags.`vitsweep.kind` = 'trial'",
+                                       max_results=10000)
