@@ -75,10 +75,18 @@ def run_bench(ref: str, batch_sizes: list[int] | tuple[int, ...] = DEFAULT_BATCH
               out: str | Path | None = None, tracking_uri: str | None = None, min_time: float = 1.0,
               warmup: int = 3, max_iters: int = 200, threads: int | None = None) -> BenchResult:
     dev = resolve_device(device)
+    if threads is not None and threads < 1:
+        raise VitsweepError(f"--threads {threads}: expected a positive number of CPU threads")
+    before = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            raise VitsweepError(f"--threads {threads}: expected a positive number of CPU threads")
         torch.set_num_threads(threads)
+    try:
+        return _bench(ref, batch_sizes, dev, out, tracking_uri, min_time, warmup, max_iters)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench(ref: str, batch_sizes, dev: torch.device, out, tracking_uri, min_time, warmup, max_iters) -> BenchResult:  # noqa: ANN001
     loaded = load_ref(ref, dev, tracking_uri)
     out_dir = Path(out) if out is not None else Path("storage/bench") / loaded.name
     model, size = loaded.model.eval(), loaded.image_size

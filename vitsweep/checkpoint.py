@@ -70,7 +70,7 @@ def _looks_like_path(ref: str) -> bool:
 def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
     """A local checkpoint file for ``ref``: an existing path as is, or an MLflow run id
     (``abc123...`` or ``runs:/abc123...``) whose ``checkpoint/best.pt`` artifact is downloaded into
-    ``dst`` (default: ``storage/cache/mlflow/<run_id>/``). Anything else is a VitsweepError (exit 2)
+    ``dst`` (default: ``storage/cache/mlflow/<run_id>/``, giving ``.../<run_id>/best.pt``). Anything else is a VitsweepError (exit 2)
     that says what was looked for and where. The file is not opened here; ``load_checkpoint`` checks it.
     """
     text = str(ref).strip()
@@ -111,6 +111,9 @@ def _download_run_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> P
                             f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); {hint}") from None
     out = Path(dst) if dst is not None else Path("storage/cache/mlflow") / run.info.run_id
     out.mkdir(parents=True, exist_ok=True)
+    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # no progress bar for one file
+    if quiet:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         local = client.download_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT, str(out))
     except Exception as e:
@@ -118,4 +121,7 @@ def _download_run_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> P
                             f"artifact ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}). "
                             f"Only runs that trained a model log one (vitsweep logs it with log_checkpoint); "
                             f"pick such a run, or give a checkpoint path") from None
+    finally:
+        if quiet:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
     return Path(local)

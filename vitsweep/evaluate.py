@@ -14,6 +14,7 @@ import copy
 import csv
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torch import nn
 from vitsweep.augment import BatchAugment
 from vitsweep.data import load_data
 from vitsweep.device import device_name, resolve_device
-from vitsweep.errors import VitsweepError
+from vitsweep.errors import VitsweepError, VitsweepWarning
 from vitsweep.inference import Loaded, load_ref
 from vitsweep.trainer import EvalResult, evaluate as evaluate_split
 
@@ -44,7 +45,9 @@ def run_evaluate(ref: str, out: str | Path | None = None, device: str = "auto", 
     dev = resolve_device(device)
     loaded = load_ref(ref, dev, tracking_uri)
     out_dir = Path(out) if out is not None else Path("storage/eval") / loaded.name
-    data = load_data(loaded.config.data, dev)
+    with warnings.catch_warnings():  # the train split is not used here: its size does not matter
+        warnings.filterwarnings("ignore", message="data.train_limit", category=VitsweepWarning)
+        data = load_data(loaded.config.data, dev)
     classes = loaded.classes
     if list(data.classes) != classes:
         raise VitsweepError(f"checkpoint {loaded.path}: it was trained on classes {classes}, but its data config "
