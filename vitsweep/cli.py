@@ -9,15 +9,36 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from vitsweep.errors import VitsweepError
 
+
+class _Group(TyperGroup):
+    """Turn a user's mistake (VitsweepError) into 'error: ...' on stderr and its exit code (2)."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201
+        try:
+            return super().invoke(ctx)
+        except VitsweepError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Hyperparameter sweeps for Vision Transformers trained from scratch.",
 )
+
+
+
+@app.callback()
+def _root() -> None:
+    """Hyperparameter sweeps for Vision Transformers trained from scratch."""
+
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -171,9 +192,6 @@ def main() -> None:
     warnings.formatwarning = _format_warning
     try:
         app()
-    except VitsweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

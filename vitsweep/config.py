@@ -236,9 +236,10 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
             if name in DEFAULT_BETAS:
                 given["betas"] = DEFAULT_BETAS[name]
         sections[section] = _build_section(section, cls, given, errors)
-    if not errors:
-        cfg = Config(**sections)
-        errors.extend(_check(cfg))
+    if len(sections) == len(_SECTION_TYPES):
+        cfg = Config(**sections)  # fields that failed to parse hold their defaults here
+        bad_keys = {msg.split(" ", 1)[0] for msg in errors}
+        errors.extend(msg for msg in _check(cfg) if msg.split(" ", 1)[0] not in bad_keys)
         if not errors:
             return cfg
     raise ConfigError(_format(source, errors))

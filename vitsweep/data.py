@@ -225,19 +225,20 @@ def _decode_cached(paths: list[str], root: Path, cfg: DataConfig) -> torch.Tenso
 
 
 def _decode(paths: list[str], size: int) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2.functional import resize
+    import numpy as np
+    from PIL import Image
 
     out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
     with _progress(len(paths), "decoding images") as advance:
         for i, p in enumerate(paths):
             try:
-                img = decode_image(read_file(p), mode=ImageReadMode.RGB)
+                with Image.open(p) as im:
+                    im = im.convert("RGB")
+                    if im.size != (size, size):
+                        im = im.resize((size, size), Image.Resampling.BILINEAR)
+                    out[i] = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
             except Exception as e:
                 raise DataError(f"cannot decode image {p}: {e}") from None
-            if img.shape[-2:] != (size, size):
-                img = resize(img, [size, size], antialias=True)
-            out[i] = img
             advance()
     return out
 
