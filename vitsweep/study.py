@@ -62,8 +62,17 @@ def open_storage(url: str = DEFAULT_STORAGE, *, create: bool = False, heartbeat_
     if create:
         prepare_sqlite(url)
     engine_kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                      grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+    with _quiet():
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                          grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Optuna flags heartbeats, grouped TPE and the retry callback as experimental: we mean to use them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
 
 
 def latest_study_name(storage: optuna.storages.BaseStorage) -> str:
@@ -104,8 +113,9 @@ def build_sampler(sweep: SweepConfig, seed: int | None) -> optuna.samplers.BaseS
         return optuna.samplers.RandomSampler(seed=seed)
     if s.name == "grid":
         return optuna.samplers.GridSampler(_grid(sweep), seed=seed)
-    return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
-                                      group=s.group, constant_liar=s.constant_liar, seed=seed)
+    with _quiet():
+        return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
+                                          group=s.group, constant_liar=s.constant_liar, seed=seed)
 
 
 def build_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
@@ -256,7 +266,8 @@ class _StaleTrial:
     """Heartbeat-stale trial (its worker died): end its MLflow run as FAILED, then re-queue it."""
 
     def __init__(self, max_retry: int, tracker: Tracker):
-        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        with _quiet():
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         self.tracker = tracker
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -350,7 +361,8 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                 # Others are still running: wait for them, or for their heartbeats to go stale
                 # (then their trials come back WAITING and this worker runs them).
                 time.sleep(min(2.0, st.heartbeat_interval))
-                optuna.storages.fail_stale_trials(study)
+                with _quiet():
+                    optuna.storages.fail_stale_trials(study)
                 continue
             try:
                 study.optimize(objective, n_trials=1, catch=(_TrialFailed,), callbacks=[progress])
@@ -381,6 +393,9 @@ class _Objective:
             try:
                 config = space_mod.suggest(trial, sweep)
             except ConfigError as e:
+                run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, None, trial.params)
+                if run_id:
+                    trial.set_user_attr(RUN_ATTR, run_id)
                 raise _TrialFailed(f"bad sampled combination: {_one_line(e)}") from None
             run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, config, trial.params)
             attrs = {"run_dir": str(run_dir)} if config.train.checkpoint else {}

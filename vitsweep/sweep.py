@@ -284,6 +284,7 @@ def _build_space(raw: Any, errors: list[str]) -> tuple[Param, ...]:
     hints = {f"{s}.{f.name}": typing.get_type_hints(cls)[f.name]
              for s, cls in _SECTION_TYPES.items() for f in dataclasses.fields(cls)}
     params: list[Param] = []
+    whens: dict[str, Any] = {}
     paths: dict[str, str] = {}
     for name, spec in raw.items():
         where = f"space.{name}"
@@ -388,11 +389,34 @@ def _build_space(raw: Any, errors: list[str]) -> tuple[Param, ...]:
                     low, high = float(low), float(high)
                 if hint is not None:
                     _check_value(low, hint, f"{where}.low", errors)
-        when = _build_when(spec.get("when"), where, params, errors)
         if len(errors) == n0:
             params.append(Param(name=str(name), path=str(path), kind=kind, low=low, high=high, log=log,
-                                step=step, choices=ch, when=when))
-    return tuple(params)
+                                step=step, choices=ch))
+            whens[str(name)] = spec.get("when")
+    # Conditions may name any param (by name or path); params are then ordered so that a
+    # condition's param is always sampled before the params that depend on it.
+    resolved = {p.name: dataclasses.replace(p, when=_build_when(whens.get(p.name), f"space.{p.name}",
+                                                                [q for q in params if q.name != p.name], errors))
+                for p in params}
+    ordered: list[Param] = []
+    visiting: set[str] = set()
+
+    def visit(p: Param) -> None:
+        if p in ordered:
+            return
+        if p.name in visiting:
+            errors.append(f"space.{p.name}.when: conditions form a cycle")
+            return
+        visiting.add(p.name)
+        for dep, _ in p.when:
+            visit(resolved[dep])
+        visiting.discard(p.name)
+        if p not in ordered:
+            ordered.append(p)
+
+    for p in resolved.values():
+        visit(p)
+    return tuple(ordered)
 
 
 def _build_when(raw: Any, where: str, earlier: list[Param], errors: list[str]) -> tuple:
@@ -409,8 +433,8 @@ def _build_when(raw: Any, where: str, earlier: list[Param], errors: list[str]) -
             names = [p.name for p in earlier] + [p.path for p in earlier]
             close = difflib.get_close_matches(str(ref), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            errors.append(f"{where}.when: condition on '{ref}', which is not a param declared above "
-                          f"it{hint} (declared: {', '.join(p.name for p in earlier) or 'none'})")
+            errors.append(f"{where}.when: condition on '{ref}', which is not a param of the space{hint} "
+                          f"(params: {', '.join(p.name for p in earlier) or 'none'})")
             continue
         values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
         if target.kind == "categorical":

@@ -46,6 +46,10 @@ class Tracker:
         self.experiment_id: str | None = None
         if not self.enabled:
             return
+        import logging
+
+        for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." etc.
+            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow import MlflowClient
 
         prepare_sqlite(uri)
@@ -91,18 +95,21 @@ class Tracker:
 
     # -- trials ---------------------------------------------------------------------------------
 
-    def start_trial(self, parent_id: str | None, study_name: str, number: int, config: Config,
+    def start_trial(self, parent_id: str | None, study_name: str, number: int, config: Config | None,
                     params: dict[str, Any]) -> str | None:
+        """A nested run for a trial, with the resolved config flattened as params (only the sampled
+        params when no valid config could be built from them)."""
         if not self.enabled:
             return None
         from mlflow.entities import Param as MParam
 
         tags = {TAG_STUDY: study_name, TAG_TRIAL: str(number), TAG_STATE: "RUNNING",
-                "vitsweep.kind": "trial", **_hardware_tags(config.train.device)}
+                "vitsweep.kind": "trial", **_hardware_tags(config.train.device if config else None)}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=f"{study_name}-trial-{number}", tags=tags)
-        flat = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.flat().items()}
+        flat = config.flat() if config is not None else {f"sampled.{k}": v for k, v in params.items()}
+        flat = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flat.items()}
         items = [MParam(k, str(v)) for k, v in flat.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(run.info.run_id, params=items[i : i + 100])

@@ -1,0 +1,213 @@
+"""Running sweeps end to end on tiny synthetic data: pruning, failures, resume, workers, SIGKILL,
+and the agreement between Optuna's storage, ``vitsweep trials`` and MLflow."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tests.test_sweep_space import TRAINER
+from vitsweep.study import load_study, run_sweep, trials_table
+from vitsweep.sweep import build_sweep
+from vitsweep.tracking import PARENT_ATTR, RUN_ATTR
+
+SPACE = {
+    "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw"]},
+    "lr": {"path": "optimizer.lr", "low": 3e-4, "high": 1e-2, "log": True},
+    "b3": {"path": "optimizer.betas[2]", "low": 0.005, "high": 0.03, "step": 0.005, "when": {"optimizer": "adan"}},
+}
+
+
+def sweep_dict(root: Path, name: str = "s", n_trials: int = 6, space: dict | None = None, **over: Any) -> dict:
+    raw = {
+        "study": {"name": name, "n_trials": n_trials, "seed": 0},
+        "sampler": {"name": "tpe", "n_startup_trials": 2},
+        "pruner": {"name": "hyperband", "min_resource": 1, "reduction_factor": 2},
+        "storage": {"url": f"sqlite:///{root}/optuna.db", "heartbeat_interval": 1, "grace_period": 3},
+        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "artifacts": str(root / "mlartifacts")},
+        "trials": {"dir": str(root / "trials")},
+        "trainer": copy.deepcopy(TRAINER),
+        "space": copy.deepcopy(space or SPACE),
+    }
+    for k, v in over.items():
+        raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
+    return raw
+
+
+def mlflow_runs(root: Path, study: str) -> dict[int, Any]:
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`vitsweep.kind` = 'trial'")
+    return {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One sweep of 6 trials (3 epochs each), shared by the checks below."""
+    root = tmp_path_factory.mktemp("sweep")
+    lines: list[str] = []
+    summary = run_sweep(build_sweep(sweep_dict(root)), out=lines.append)
+    return root, summary, lines
+
+
+def test_sweep_prunes_and_logs_matching_states_to_mlflow(swept):
+    root, summary, lines = swept
+    study = load_study("s", f"sqlite:///{root}/optuna.db")
+    trials = study.get_trials()
+    assert len(trials) == 6
+    states = [t.state for t in trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    assert sum(line.startswith("trial") for line in lines) == 6 and lines[-3].startswith("done")
+
+    runs = mlflow_runs(root, "s")
+    assert set(runs) == {t.number for t in trials}
+    parent = study.user_attrs[PARENT_ATTR]
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    assert client.get_run(parent).info.status == "FINISHED"
+    status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+    for t in trials:
+        run = runs[t.number]
+        assert run.info.run_id == t.user_attrs[RUN_ATTR]
+        assert run.info.status == status[t.state]
+        tags = run.data.tags
+        assert tags["vitsweep.trial_state"] == t.state.name and tags["optuna.study_name"] == "s"
+        assert tags["mlflow.parentRunId"] == parent
+        assert "torch.version" in tags and "hardware.device" in tags
+        assert run.data.params["optimizer.lr"] == str(t.params["lr"])
+        assert run.data.metrics["best_val_acc"] == pytest.approx(t.value)
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in history] == sorted(t.intermediate_values)  # step = epoch
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
+            [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        if t.state == TrialState.PRUNED:
+            assert tags["vitsweep.reason"].startswith("pruned at epoch")
+            assert len(history) < 3 or t.intermediate_values  # stopped at its rung
+        if t.state == TrialState.COMPLETE:
+            assert [m.step for m in history] == [1, 2, 3]
+    # no checkpoints left behind by finished trials
+    assert not any((root / "trials").rglob("*.pt"))
+
+
+def test_trials_table_and_cli_match_storage(swept, tmp_path):
+    from typer.testing import CliRunner
+
+    from vitsweep.cli import app
+
+    root, summary, _ = swept
+    study = load_study(None, f"sqlite:///{root}/optuna.db")  # default: the latest study
+    df = trials_table(study)
+    assert list(df.index) == list(range(6))
+    for t in study.get_trials():
+        assert df.loc[t.number, "state"] == t.state.name
+    csv = tmp_path / "t.csv"
+    res = CliRunner().invoke(app, ["trials", "--storage", f"sqlite:///{root}/optuna.db", "--csv", str(csv)])
+    assert res.exit_code == 0, res.output
+    assert "PRUNED" in res.output and "COMPLETE" in res.output and csv.is_file()
+
+
+def test_resume_continues_the_study(swept):
+    root, first, _ = swept
+    url = f"sqlite:///{root}/optuna.db"
+    before = {t.number: (t.state, t.value, t.datetime_complete) for t in load_study("s", url).get_trials()}
+    lines: list[str] = []
+    sweep = build_sweep(sweep_dict(root))
+    again = run_sweep(sweep, out=lines.append)  # same n_trials: nothing to do
+    assert sum(again.counts.values()) == 6 and not any(line.startswith("trial") for line in lines)
+    more = run_sweep(sweep.with_overrides(n_trials=8), out=lines.append)
+    trials = load_study("s", url).get_trials()
+    assert len(trials) == 8 and sum(more.counts.values()) == 8
+    assert {t.number: (t.state, t.value, t.datetime_complete) for t in trials[:6]} == before
+    assert more.parent_run_id == first.parent_run_id  # the same MLflow parent run
+
+
+def test_failed_trials_record_reasons_and_the_sweep_goes_on(tmp_path):
+    space = {"heads": {"path": "model.heads", "choices": [2, 3]},  # 3 does not divide dim 32
+             "lr": {"path": "optimizer.lr", "choices": [1e-3, 1e30]}}  # 1e30 diverges
+    sweep = build_sweep(sweep_dict(tmp_path, name="f", n_trials=3, space=space, pruner={"name": "none"}))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.create_study(study_name="f", storage=storage, direction="maximize")
+    for params in ({"heads": 3, "lr": 1e-3}, {"heads": 2, "lr": 1e30}, {"heads": 2, "lr": 1e-3}):
+        study.enqueue_trial(params)
+    lines: list[str] = []
+    run_sweep(sweep, out=lines.append)
+    trials = load_study("f", f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["fail_reason"].startswith("bad sampled combination")
+    assert "model.heads" in trials[0].user_attrs["fail_reason"]
+    assert trials[1].user_attrs["fail_reason"].startswith("diverged")
+    runs = mlflow_runs(tmp_path, "f")
+    for n in (0, 1):
+        assert runs[n].info.status == "FAILED"
+        assert runs[n].data.tags["vitsweep.reason"] == trials[n].user_attrs["fail_reason"]
+    assert runs[2].info.status == "FINISHED"
+    assert "diverged" in "\n".join(lines)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vitsweep", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_workers_finish_exactly_n_trials(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(sweep_dict(tmp_path, name="w", n_trials=6), sort_keys=False))
+    proc = _cli("run", str(path), "--workers", "2", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert "database is locked" not in out and "Traceback" not in out
+    trials = load_study("w", f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    assert len(trials) == 6 and all(t.state.is_finished() for t in trials)
+    assert "[w0]" in out and "[w1]" in out
+    configs = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(configs)) == len(configs)  # no duplicate configs
+    assert len(mlflow_runs(tmp_path, "w")) == 6
+
+
+def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
+    raw = sweep_dict(tmp_path, name="k", n_trials=1, pruner={"name": "none"},
+                     space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
+    raw["trainer"]["data"]["synthetic_train"] = 1500
+    raw["trainer"]["train"]["epochs"] = 3
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    proc = _cli("run", str(path), cwd=tmp_path)
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # wait until the trial has reported an epoch
+            time.sleep(0.5)
+            try:
+                trials = load_study("k", url).get_trials()
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            if trials and trials[0].intermediate_values:
+                break
+        else:
+            pytest.fail("the trial never reported")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert load_study("k", url).get_trials()[0].state == TrialState.RUNNING  # stuck without heartbeats
+    lines: list[str] = []
+    run_sweep(build_sweep(raw), out=lines.append)  # waits for the grace period, then retries
+    trials = load_study("k", url).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+    runs = mlflow_runs(tmp_path, "k")
+    assert runs[0].info.status == "FAILED" and "worker died" in runs[0].data.tags["vitsweep.reason"]
+    assert runs[1].info.status == "FINISHED"
+    assert "worker died" in trials_table(load_study("k", url)).loc[0, "reason"]
