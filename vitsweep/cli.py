@@ -159,6 +159,27 @@ def trials(
 
 
 @app.command()
+def promote(
+    top: Annotated[int, typer.Option("--top", help="How many of the best completed trials (distinct configs).")],
+    epochs: Annotated[int, typer.Option("--epochs", help="Full training length (the schedule stretches to it).")],
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
+    storage: StorageOption = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        "--tracking-uri", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///storage/mlflow.db]; 'none': off.")] = None,
+    patience: Annotated[Optional[int], typer.Option(
+        "--patience", help="Early stopping: epochs without a --min-delta val-acc gain [default: the trial's].")] = None,
+    min_delta: Annotated[Optional[float], typer.Option("--min-delta", help="Smallest val-acc gain that counts.")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Runs per config, seeds trial seed + 0..S-1.")] = 1,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folders [default: storage/promote].")] = None,
+) -> None:
+    """Retrain the top trials at full length, test each best checkpoint, rank them (resumable)."""
+    from vitsweep.promote import DEFAULT_OUT, promote as run_promote
+
+    run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri, patience=patience,
+                min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT)
+
+
+@app.command()
 def dashboard(
     storage: StorageOption = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",

@@ -1,0 +1,264 @@
+"""``vitsweep promote``: selection, early stopping, resume after an interruption, MLflow records.
+
+Studies are made directly in Optuna (``create_trial``) with the sweep stored the way ``vitsweep run``
+stores it, so no sweep has to run; the promoted runs train a 1-block ViT on synthetic data.
+"""
+
+from __future__ import annotations
+
+import csv
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from vitsweep.errors import VitsweepError
+from vitsweep.promote import KIND_PARENT, KIND_RUN, TAG_SOURCE, promote, select_trials
+from vitsweep.study import SWEEP_ATTR, _stored_sweep, load_study, open_storage
+from vitsweep.sweep import build_sweep
+from vitsweep.tracking import RUN_ATTR, Tracker
+
+TRAINER: dict[str, Any] = {
+    "data": {"source": "synthetic", "synthetic_train": 256, "synthetic_test": 60, "val_size": 64},
+    "model": {"preset": "custom", "dim": 32, "depth": 1, "heads": 2, "patch_size": 8, "mlp_ratio": 2.0,
+              "drop_path": 0.0},
+    "optimizer": {"name": "adamw", "lr": 3e-3},
+    "schedule": {"warmup_epochs": 0},
+    "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "eval_batch_size": 200},
+}
+SPACE = {
+    "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw"]},
+    "lr": {"path": "optimizer.lr", "low": 1e-9, "high": 1e-2, "log": True},
+    "b3": {"path": "optimizer.betas[2]", "low": 0.005, "high": 0.03, "step": 0.005, "when": {"optimizer": "adan"}},
+}
+DISTS = {"optimizer": CategoricalDistribution(["adan", "adamw"]), "lr": FloatDistribution(1e-9, 1e-2, log=True),
+         "b3": FloatDistribution(0.005, 0.03, step=0.005)}
+STORAGE, TRACKING = "sqlite:///storage/optuna.db", "sqlite:///storage/mlflow.db"
+
+
+def make_study(name: str, trials: list[tuple[TrialState, float | None, dict[str, Any]]]) -> optuna.Study:
+    """A study as ``vitsweep run`` leaves it, with source trial runs in MLflow (in the cwd's storage/)."""
+    raw = {"study": {"name": name, "n_trials": len(trials) or 1}, "trainer": copy.deepcopy(TRAINER),
+           "space": copy.deepcopy(SPACE)}
+    sweep = build_sweep(raw, source="tests")
+    study = optuna.create_study(study_name=name, storage=open_storage(STORAGE, create=True), direction="maximize")
+    study.set_user_attr(SWEEP_ATTR, _stored_sweep(sweep))
+    tracker = Tracker(TRACKING, name, "storage/mlartifacts")
+    for number, (state, value, params) in enumerate(trials):
+        rid = tracker.client.create_run(tracker.experiment_id, run_name=f"{name}-trial-{number}", tags={
+            "vitsweep.kind": "trial", "optuna.study_name": name, "optuna.trial_number": str(number)}).info.run_id
+        inter = {1: value} if state == TrialState.PRUNED and value is not None else {}
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value if state == TrialState.COMPLETE else None, params=params,
+            distributions={k: DISTS[k] for k in params}, user_attrs={RUN_ATTR: rid}, intermediate_values=inter))
+    return study
+
+
+def adamw(lr: float, **extra: Any) -> dict[str, Any]:
+    return {"optimizer": "adamw", "lr": lr, **extra}
+
+
+def cli(*args: str, capsys) -> tuple[int, str, str]:  # noqa: ANN001
+    from vitsweep.cli import main
+
+    old = sys.argv
+    sys.argv = ["vitsweep", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection
+
+
+def test_selection_ties_duplicates_pruned_and_failed():
+    C, P, F = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
+    make_study("sel", [
+        (C, 0.5, adamw(1e-3)),               # 0
+        (P, 0.9, adamw(5e-3)),               # 1 pruned (its last report was high: still skipped)
+        (C, 0.7, adamw(2e-3)),               # 2 best
+        (C, 0.7, adamw(2e-3)),               # 3 same config and value as 2: a duplicate
+        (C, 0.5, adamw(3e-3)),               # 4 ties with 0: trial 0 ranks first
+        (F, None, adamw(4e-3)),              # 5 failed
+        (C, 0.6, adamw(1e-3, b3=0.01)),      # 6 b3 is inactive for adamw: same trainer config as 0
+    ])
+    study = load_study("sel", STORAGE)
+    sel = select_trials(study, 3)
+    assert [c.number for c in sel.picked] == [2, 6, 4]  # 6 (0.6) outranks 0 (0.5), its duplicate
+    assert [c.rank for c in sel.picked] == [1, 2, 3]
+    text = "\n".join(sel.lines)
+    assert "skipped trial 1: pruned" in text and "skipped trial 5: failed" in text
+    assert "skipped trial 3" in text and "same trainer config as trial 2" in text
+    assert "skipped trial 0" in text and "same trainer config as trial 6" in text
+    picked_4 = next(line for line in sel.lines if line.startswith("picked trial 4"))
+    assert "rank 3" in picked_4
+
+    sel2 = select_trials(study, 2)
+    assert [c.number for c in sel2.picked] == [2, 6]
+    assert any(line.startswith("not picked: trial 4") for line in sel2.lines)
+    with pytest.raises(VitsweepError, match=r"--top 4: study sel has only 3 completed trial\(s\) with distinct"):
+        select_trials(study, 4)
+
+
+def test_ties_broken_by_trial_number():
+    C = TrialState.COMPLETE
+    make_study("ties", [(C, 0.5, adamw(3e-3)), (C, 0.5, adamw(1e-3)), (C, 0.5, adamw(2e-3))])
+    sel = select_trials(load_study("ties", STORAGE), 2)
+    assert [c.number for c in sel.picked] == [0, 1]
+    assert "tied with trial(s) 1, 2" in sel.lines[1]
+
+
+def test_bad_input_exits_2(capsys):
+    C, P = TrialState.COMPLETE, TrialState.PRUNED
+    code, _, err = cli("promote", "--top", "1", "--epochs", "2", "--storage", STORAGE, capsys=capsys)
+    assert code == 2 and "no sweep storage" in err
+    make_study("only_pruned", [(P, 0.3, adamw(1e-3))])
+    code, _, err = cli("promote", "--study", "only_pruned", "--top", "1", "--epochs", "2", "--storage", STORAGE,
+                       capsys=capsys)
+    assert code == 2 and "no completed trials (1 pruned)" in err
+    make_study("two", [(C, 0.3, adamw(1e-3)), (C, 0.4, adamw(2e-3))])
+    code, _, err = cli("promote", "--study", "two", "--top", "3", "--epochs", "2", "--storage", STORAGE,
+                       "--tracking-uri", "none", capsys=capsys)
+    assert code == 2 and "--top 3: study two has only 2 completed" in err and "use --top 2" in err
+    code, _, err = cli("promote", "--study", "nope", "--top", "1", "--epochs", "2", "--storage", STORAGE, capsys=capsys)
+    assert code == 2 and "no study named 'nope'" in err and "two" in err
+    code, _, err = cli("promote", "--study", "two", "--top", "1", "--epochs", "0", "--storage", STORAGE, capsys=capsys)
+    assert code == 2 and "--epochs 0" in err
+    # Without --study: the newest study ("two") has trials started last, so it is the latest...
+    code, out, err = cli("promote", "--top", "3", "--epochs", "2", "--storage", STORAGE, capsys=capsys)
+    assert code == 2 and "study two (the latest" in out
+    # ...until a newer study with no trials appears: then no study is clearly the latest.
+    optuna.create_study(study_name="empty", storage=STORAGE)
+    code, _, err = cli("promote", "--top", "1", "--epochs", "2", "--storage", STORAGE, capsys=capsys)
+    assert code == 2 and "none is clearly the latest; choose one with --study" in err
+    assert not Path("storage/promote").exists()  # bad input leaves nothing behind
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def test_early_stopping_ends_runs_before_the_limit():
+    # lr so small that no epoch gains min_delta (50 points) over the first: patience 2 stops at epoch 3.
+    make_study("es", [(TrialState.COMPLETE, 0.2, adamw(1e-9))])
+    lines: list[str] = []
+    r = promote(top=1, epochs=20, patience=2, min_delta=0.5, study="es", storage=STORAGE, tracking_uri="none",
+                out=lines.append)
+    (run,) = r.runs
+    assert run.stop_reason == "early_stopped" and run.epochs_run == 3 < 20
+    assert run.test_acc is not None and len(run.confusion) == 10 and sum(map(sum, run.confusion)) == 60
+    assert r.leaderboard.iloc[0]["stop_reason"] == "early_stopped" and r.leaderboard.iloc[0]["epochs_run"] == "3"
+    run_dir = Path("storage/promote/es/trial0-seed0")
+    for name in ("best.pt", "last.pt", "result.json", "confusion_matrix.csv"):
+        assert (run_dir / name).is_file(), name
+    assert any("early_stopped after 3/20 epochs" in line for line in lines)
+    assert r.parent_run_id is None  # --tracking-uri none: no MLflow at all
+
+
+def test_seeds_repeat_each_config():
+    make_study("seeds", [(TrialState.COMPLETE, 0.2, adamw(3e-3))])
+    r = promote(top=1, epochs=1, seeds=2, study="seeds", storage=STORAGE, tracking_uri="none", out=lambda s: None)
+    assert [(x.trial, x.seed) for x in r.runs] == [(0, 0), (0, 1)]
+    assert Path("storage/promote/seeds/trial0-seed1/result.json").is_file()
+    row = r.leaderboard.iloc[0]
+    accs = [x.test_acc for x in r.runs]
+    assert row["seeds"] == 2 and row["test_acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert row["test_acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+
+
+def test_resume_after_interrupt_and_mlflow_records(capsys):
+    C = TrialState.COMPLETE
+    make_study("res", [(C, 0.3, adamw(3e-3)), (C, 0.4, adamw(2e-3)), (TrialState.PRUNED, 0.5, adamw(1e-3))])
+    source = {t.number: t.user_attrs[RUN_ATTR] for t in load_study("res", STORAGE).trials}
+
+    def kill_second(name: str, epoch: int, m: dict[str, float]) -> None:
+        if name == "trial0-seed0" and epoch == 2:  # trial 1 (rank 1) already finished
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        promote(top=2, epochs=3, study="res", storage=STORAGE, tracking_uri=TRACKING, on_epoch=kill_second,
+                out=lambda s: None)
+    first = Path("storage/promote/res/trial1-seed0/result.json")
+    before = first.read_text()
+    client = MlflowClient(TRACKING)
+    exp = client.get_experiment_by_name("res")
+
+    def runs(kind: str) -> list:
+        return client.search_runs([exp.experiment_id], filter_string=f"tags.`vitsweep.kind` = '{kind}'")
+
+    (killed_parent,) = runs(KIND_PARENT)
+    assert killed_parent.info.status == "KILLED"
+    status = {r.data.tags["optuna.trial_number"]: r.info.status for r in runs(KIND_RUN)}
+    assert status == {"1": "FINISHED", "0": "KILLED"}  # never left RUNNING
+
+    # The same command again (through the CLI): trial 1 is not redone, trial 0 continues at epoch 3.
+    capsys.readouterr()
+    code, out, err = cli("promote", "--study", "res", "--top", "2", "--epochs", "3", "--storage", STORAGE,
+                         "--tracking-uri", TRACKING, capsys=capsys)
+    assert code == 0, err
+    assert "already finished" in out and "not retrained" in out and "resuming" in out
+    assert "epoch 3/3" in out and "epoch 1/3" not in out  # only the missing epoch was trained
+    assert first.read_text() == before
+    assert "1 run(s) trained, 1 already finished" in out
+
+    parents = sorted(runs(KIND_PARENT), key=lambda r: r.info.start_time)
+    assert [p.info.status for p in parents] == ["KILLED", "FINISHED"]
+    parent = parents[-1]
+    nested = {int(r.data.tags["optuna.trial_number"]): r for r in runs(KIND_RUN)}
+    assert set(nested) == {0, 1}  # reused, no new runs
+    board = list(csv.DictReader(Path("storage/promote/res/runs.csv").open()))
+    lb = list(csv.DictReader(Path("storage/promote/res/leaderboard.csv").open()))
+    assert len(board) == 2 and len(lb) == 2
+    for number, run in nested.items():
+        assert run.info.status == "FINISHED"
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags[TAG_SOURCE] == source[number] and tags["optuna.study_name"] == "res"
+        assert tags["vitsweep.seed"] == "0" and tags["vitsweep.stop_reason"] == "completed"
+        assert run.data.params["train.epochs"] == "3" and run.data.params["train.test"] == "True"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == [1, 2, 3]  # per-epoch, no epoch twice after the resume
+        arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        arts |= {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+        assert {"checkpoint/best.pt", "evaluation/confusion_matrix.csv", "evaluation/confusion_matrix.png"} <= arts
+        (row,) = [b for b in board if int(b["trial"]) == number]
+        assert row["mlflow_run_id"] == run.info.run_id
+        assert float(row["test_acc"]) == pytest.approx(run.data.metrics["test_acc"])
+        assert float(row["best_val_acc"]) == pytest.approx(run.data.metrics["best_val_acc"])
+        assert int(row["epochs_run"]) == run.data.metrics["epochs_run"] == 3
+        (lrow,) = [b for b in lb if int(b["trial"]) == number]
+        assert float(lrow["test_acc_mean"]) == pytest.approx(run.data.metrics["test_acc"])
+        assert lrow["mlflow_run_ids"] == run.info.run_id
+        versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        assert len(versions) == 1 and versions[0].name == "vitsweep-res"
+    champion = client.get_model_version_by_alias("vitsweep-res", "champion")
+    assert champion.run_id == lb[0]["mlflow_run_ids"]
+    assert Path("storage/promote/res/val_curves.html").read_text().count("<script") >= 1
+
+    # A promoted run works with `vitsweep evaluate RUN_ID`.
+    from vitsweep.checkpoint import resolve_checkpoint
+
+    assert resolve_checkpoint(nested[0].info.run_id, TRACKING, Path("dl")).is_file()
+
+    # Once more: nothing to train, still no new nested run.
+    code, out, _ = cli("promote", "--study", "res", "--top", "2", "--epochs", "3", "--storage", STORAGE,
+                       "--tracking-uri", TRACKING, capsys=capsys)
+    assert code == 0 and "0 run(s) trained, 2 already finished" in out
+    assert len(runs(KIND_RUN)) == 2 and len(runs(KIND_PARENT)) == 3
+    # Another length would need new runs: the folders refuse it instead of mixing configs.
+    code, _, err = cli("promote", "--study", "res", "--top", "2", "--epochs", "5", "--storage", STORAGE,
+                       "--tracking-uri", TRACKING, capsys=capsys)
+    assert code == 2 and "train.epochs: 3 -> 5" in err
