@@ -57,9 +57,12 @@ def percentile(values: list[float], q: float) -> float:
 def time_batch(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, warmup: int = 3,
                min_time: float = 1.0, min_iters: int = 5, max_iters: int = 200) -> list[float]:
     """Seconds per forward pass of ``x`` (one entry per timed pass), warm-up excluded."""
-    for _ in range(max(1, warmup)):
+    start = time.perf_counter()
+    for _ in range(max(1, warmup)):  # at least one call; slow batches stop warming up after min_time
         model(x)
-    synchronize(device)
+        synchronize(device)
+        if time.perf_counter() - start > min_time:
+            break
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_time):
