@@ -303,13 +303,23 @@ class _Mlflow:
         return self.client.search_runs([self.tracker.experiment_id], filter_string=filter_string,
                                        max_results=1000, order_by=["attributes.start_time DESC"])
 
-    def run_for(self, c: Candidate, seed: int, cfg: Config, key: str, run_dir: Path) -> tuple[str | None, bool]:
+    def run_for(self, c: Candidate, seed: int, cfg: Config, key: str, run_dir: Path,
+                fresh: bool) -> tuple[str | None, bool]:
         """The nested run of this config and seed: (run id, already published). An existing one
-        (found by its key tag) is reused and moved under this invocation's parent."""
+        (found by its key tag) is reused and moved under this invocation's parent, unless the run
+        starts from scratch (``fresh``: its folder was deleted): then the old one is set aside."""
         if not self.enabled:
             return None, False
         found = self._search(f"tags.`{TAG_KIND}` = '{KIND_RUN}' and tags.`{TAG_STUDY}` = '{self.study}' "
                              f"and tags.`{TAG_KEY}` = '{key}'")
+        if found and fresh:
+            for run in found:
+                self.client.set_tag(run.info.run_id, TAG_KEY, f"{key}-superseded")
+                self.client.set_tag(run.info.run_id, "vitsweep.reason", "superseded: its run folder was deleted "
+                                                                        "and the run started again")
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
+            found = []
         if found:
             run = found[0]
             rid = run.info.run_id
@@ -559,7 +569,8 @@ def _run_one(c: Candidate, s: int, epochs: int, patience: int | None, min_delta:
     key = run_key(cfg)
     _claim(run_dir, key, cfg)
     result_file = run_dir / "result.json"
-    run_id, published = ml.run_for(c, seed, cfg, key, run_dir)
+    fresh = not result_file.is_file() and not (run_dir / "last.pt").is_file()
+    run_id, published = ml.run_for(c, seed, cfg, key, run_dir, fresh)
     if result_file.is_file():
         rec = RunRecord.load(result_file)
         rec.mlflow_run_id = run_id
