@@ -180,6 +180,23 @@ def promote(
 
 
 @app.command()
+def report(
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
+    storage: StorageOption = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        "--tracking-uri", help="MLflow store of the sweep's parent run [default: $MLFLOW_TRACKING_URI or "
+                               "sqlite:///storage/mlflow.db]; 'none': do not log the page.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML file [default: storage/reports/STUDY.html].")] = None,
+    promote_dir: Annotated[Optional[Path], typer.Option(
+        "--promote-dir", help="vitsweep promote's --out, for the leaderboard [default: storage/promote].")] = None,
+) -> None:
+    """One self-contained HTML page of a study's plots, also logged to its MLflow parent run."""
+    from vitsweep.report import write_report
+
+    write_report(study, storage, tracking_uri, out, promote_dir)
+
+
+@app.command()
 def dashboard(
     storage: StorageOption = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
