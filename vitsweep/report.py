@@ -163,7 +163,7 @@ def intermediate_figure(study: optuna.Study, metric: str, trial_epochs: int, run
                                  hovertext=stops_text, hoverinfo="text"))
     for r in rungs:
         fig.add_vline(x=r, line={"color": "#bbbbbb", "dash": "dot", "width": 1})
-    fig.update_layout(title=f"{metric} by epoch: pruned trials dashed red, X where Hyperband stopped them",
+    fig.update_layout(title=f"{metric} by epoch: pruned trials dashed red, X where the pruner stopped them",
                       xaxis_title="epoch", yaxis_title=metric, showlegend=True, template="plotly_white",
                       xaxis={"range": [0.5, trial_epochs + 0.5], "dtick": 1})
     return fig
@@ -193,10 +193,10 @@ def compute_figure(study: optuna.Study, trial_epochs: int) -> Any:
         if ts:
             fig.add_trace(go.Bar(x=[t.number for t in ts], y=[len(t.intermediate_values) for t in ts],
                                  name=f"epochs run ({state.name.lower()})", marker_color=color))
-    if trials:
-        fig.add_trace(go.Bar(x=[t.number for t in trials],
-                             y=[max(0, trial_epochs - len(t.intermediate_values)) if t.state == TrialState.PRUNED
-                                else 0 for t in trials],
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if pruned:
+        fig.add_trace(go.Bar(x=[t.number for t in pruned],
+                             y=[max(0, trial_epochs - len(t.intermediate_values)) for t in pruned],
                              name="epochs saved by pruning", marker_color="rgba(214,39,40,0.15)",
                              marker_line={"color": PRUNED_COLOR, "width": 1}))
     fig.update_layout(barmode="stack", title="epochs per trial (stacked to the unpruned length)",
@@ -245,8 +245,12 @@ def promotion_figure(p: Promotion) -> Any:
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "validation loss"))
-    for r in p.records:
+    import plotly.colors
+
+    palette = plotly.colors.qualitative.Plotly
+    for i, r in enumerate(p.records):
         hist = r["history"]
+        color = palette[i % len(palette)]
         label = f"trial {r.get('trial')} seed {r.get('seed')}"
         test = r.get("test_acc")
         hover = f"{label}<br>{r.get('config_desc', '')}" + (f"<br>test acc {test:.2%}" if test is not None else "")
@@ -254,8 +258,8 @@ def promotion_figure(p: Promotion) -> Any:
             if all(k in h for h in hist):
                 fig.add_trace(go.Scatter(x=[int(h["epoch"]) for h in hist], y=[h[k] for h in hist],
                                          mode="lines+markers", name=label, legendgroup=label, showlegend=col == 1,
-                                         hovertext=hover), row=1, col=col)
-    fig.update_xaxes(title_text="epoch")
+                                         line={"color": color}, hovertext=hover), row=1, col=col)
+    fig.update_xaxes(title_text="epoch", dtick=1)
     fig.update_layout(title="promoted runs: validation curves (full-length retraining)", template="plotly_white")
     return fig
 
@@ -321,6 +325,11 @@ def build_sections(study: optuna.Study, promote_dir: Path) -> tuple[list[Section
                                     lambda: vis.plot_slice(study, target_name=metric), no_complete))
 
     df = trials_table(study)
+    tail = [c for c in ("reason", "mlflow_run_id") if c in df.columns]
+    df = df[[c for c in df.columns if c not in tail] + tail]  # params (conditional ones too) before them
+    for col in df.columns:
+        if df[col].dtype == object:
+            df[col] = df[col].where(df[col].notna(), "")
     table = df.to_html(classes="trials", float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
     sections.append(Section("trials", "Trials", html=table))
 
