@@ -318,6 +318,11 @@ def _budget(study: optuna.Study) -> tuple[int, int, int]:
     return finished, running, waiting
 
 
+# Per trial run in this process: {"number", "trial_s", "train_s", "callbacks_s"} (for benchmarks:
+# orchestration time = trial_s - (train_s - callbacks_s)).
+TIMINGS: list[dict[str, float]] = []
+
+
 class _TrialFailed(Exception):
     """A trial that failed for a recorded reason; the sweep goes on."""
 
@@ -383,8 +388,10 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         from vitsweep.trainer import train
 
+        t_start = time.perf_counter()
         self.lock.release()  # the trial is RUNNING in storage now: other workers may count it
         sweep, metric = self.sweep, self.metric
+        clock = {"train_s": 0.0, "callbacks_s": 0.0}
         run_id: str | None = None
         state, reason, value = "FAIL", "", None
         seen: list[float] = []
@@ -405,17 +412,25 @@ class _Objective:
                 trial.set_user_attr(k, v)
 
             def on_epoch(epoch: int, m: dict[str, float]) -> None:
-                self.tracker.log_epoch(run_id, epoch, m)
-                v = float(m[metric])
-                if not math.isfinite(v):
-                    return  # the trainer returns "diverged" right after this epoch
-                seen.append(v)
-                trial.report(v, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch}/{config.train.epochs} "
-                                             f"({metric} {v:.4f})")
+                t = time.perf_counter()
+                try:
+                    self.tracker.log_epoch(run_id, epoch, m)
+                    v = float(m[metric])
+                    if not math.isfinite(v):
+                        return  # the trainer returns "diverged" right after this epoch
+                    seen.append(v)
+                    trial.report(v, epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at epoch {epoch}/{config.train.epochs} "
+                                                 f"({metric} {v:.4f})")
+                finally:
+                    clock["callbacks_s"] += time.perf_counter() - t
 
-            result = train(config, on_epoch, run_dir=run_dir if config.train.checkpoint else None)
+            t_train = time.perf_counter()
+            try:
+                result = train(config, on_epoch, run_dir=run_dir if config.train.checkpoint else None)
+            finally:
+                clock["train_s"] = time.perf_counter() - t_train
             if result.stop_reason == "diverged":
                 raise _TrialFailed(f"diverged: non-finite loss at epoch {result.epochs_run}")
             values = [float(h[metric]) for h in result.history if math.isfinite(float(h[metric]))]
@@ -446,10 +461,12 @@ class _Objective:
             trial.set_user_attr(REASON_ATTR, reason)
             raise _TrialFailed(reason) from e
         finally:
-            with contextlib.suppress(Exception):
-                self.tracker.end_trial(run_id, state, reason, value, metric)
             if not sweep.trials.keep_checkpoints:
                 shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                self.tracker.end_trial(run_id, state, reason, value, metric,
+                                       {"trainer_s": clock["train_s"] - clock["callbacks_s"]})
+            TIMINGS.append({"number": trial.number, "trial_s": time.perf_counter() - t_start, **clock})
 
     @staticmethod
     def _requeue(trial: optuna.Trial) -> None:

@@ -48,9 +48,10 @@ class Tracker:
             return
         import logging
 
+        from mlflow import MlflowClient
+
         for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." etc.
             logging.getLogger(name).setLevel(logging.WARNING)
-        from mlflow import MlflowClient
 
         prepare_sqlite(uri)
         self.client = MlflowClient(tracking_uri=uri)
@@ -125,14 +126,16 @@ class Tracker:
                                                if k != "epoch"])
 
     def end_trial(self, run_id: str | None, state: str, reason: str = "", value: float | None = None,
-                  metric: str = "value") -> None:
+                  metric: str = "value", extra: dict[str, float] | None = None) -> None:
         """End a trial's run: status from the Optuna state, tags with state and reason."""
         if not self.enabled or not run_id:
             return
         from mlflow.entities import Metric, RunTag
 
         tags = [RunTag(TAG_STATE, state), RunTag(TAG_REASON, reason[:4000] or state.lower())]
-        metrics = [Metric(f"best_{metric}", float(value), int(time.time() * 1000), 0)] if value is not None else []
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"best_{metric}", float(value), now, 0)] if value is not None else []
+        metrics += [Metric(k, float(v), now, 0) for k, v in (extra or {}).items()]
         try:
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
         finally:

@@ -1,0 +1,74 @@
+"""`vitsweep dashboard` and `vitsweep ui` start the real servers on 127.0.0.1 with the sweep's data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_sweep_run import sweep_dict
+from vitsweep.study import run_sweep
+from vitsweep.sweep import build_sweep
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("servers")
+    run_sweep(build_sweep(sweep_dict(root, name="srv", n_trials=2, pruner={"name": "none"})), out=lambda _: None)
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(args: list[str], url: str, data: bytes | None = None, timeout: float = 120) -> dict:
+    proc = subprocess.Popen([sys.executable, "-m", "vitsweep", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited {proc.returncode}: {proc.stdout.read()}")
+            try:
+                req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"no answer from {url}")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # our own process group (the server and its children)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_dashboard_serves_the_study(stores):
+    port = _free_port()
+    body = _serve(["dashboard", "--storage", f"sqlite:///{stores}/optuna.db", "--port", str(port)],
+                  f"http://127.0.0.1:{port}/api/studies")
+    studies = body["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["srv"]
+
+
+def test_ui_serves_the_experiment_and_trial_runs(stores):
+    port = _free_port()
+    body = _serve(["ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db", "--port", str(port)],
+                  f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
+                  data=json.dumps({"experiment_ids": ["1"], "max_results": 100}).encode())
+    runs = body["runs"]
+    kinds = sorted(next(t["value"] for t in r["data"]["tags"] if t["key"] == "vitsweep.kind") for r in runs)
+    assert kinds == ["sweep", "trial", "trial"]
