@@ -343,7 +343,6 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
     seed = None if sweep.study.seed is None else sweep.study.seed + 7919 * index + 104729 * n_existing
     study = optuna.load_study(study_name=sweep.study.name, storage=storage, sampler=build_sampler(sweep, seed),
                               pruner=build_pruner(sweep))
-    load_data(sweep.base.data, resolve_device(sweep.base.train.device))  # once, before any trial (DataError)
     lock = _BudgetLock(st.url, sweep.study.name)
     objective = _Objective(sweep, tracker, parent_run_id, lock)
     deadline = None if sweep.study.timeout is None else time.monotonic() + sweep.study.timeout
@@ -353,10 +352,17 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
         out(tag + trial_line(t, sweep.study.metric, sweep.epochs))
 
     sampler = study.sampler
+    loaded = False
     try:
         while deadline is None or time.monotonic() < deadline:
             if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
                 break
+            if not loaded:
+                f, r, w = _budget(study)
+                if w or f + r < sweep.study.n_trials:
+                    # Memoized: decoded once per process, before its first trial (a DataError stops the sweep).
+                    load_data(sweep.base.data, resolve_device(sweep.base.train.device))
+                    loaded = True
             lock.acquire()
             finished, running, waiting = _budget(study)
             if waiting == 0 and finished + running >= sweep.study.n_trials:
@@ -529,6 +535,7 @@ def trials_table(study: optuna.Study):  # -> pandas.DataFrame
         hist = t.system_attrs.get("retry_history", [])
         if hist:
             retried_as[hist[-1]] = t.number
+    names = list(dict.fromkeys(k for t in trials for k in t.params))
     rows = []
     for t in trials:
         reason = t.user_attrs.get(REASON_ATTR, "")
@@ -539,7 +546,7 @@ def trials_table(study: optuna.Study):  # -> pandas.DataFrame
         row = {"number": t.number, "state": t.state.name, "value": t.value,
                "epochs": len(t.intermediate_values),
                "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None}
-        row.update(t.params)
+        row.update({k: t.params.get(k) for k in names})
         row["reason"] = reason
         row["mlflow_run_id"] = t.user_attrs.get(RUN_ATTR, "")
         rows.append(row)
