@@ -27,6 +27,7 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     cls=_Group,
+    rich_markup_mode=None,  # help texts say "[default: ...]" literally
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
