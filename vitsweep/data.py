@@ -236,7 +236,7 @@ def _decode(paths: list[str], size: int) -> torch.Tensor:
                     im = im.convert("RGB")
                     if im.size != (size, size):
                         im = im.resize((size, size), Image.Resampling.BILINEAR)
-                    out[i] = torch.from_numpy(np.asarray(im)).permute(2, 0, 1)
+                    out[i] = torch.as_tensor(np.array(im)).permute(2, 0, 1)
             except Exception as e:
                 raise DataError(f"cannot decode image {p}: {e}") from None
             advance()

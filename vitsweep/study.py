@@ -12,8 +12,7 @@ heartbeats; a trial whose worker died is marked FAIL and re-queued (``RetryHeart
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -21,7 +20,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,7 +32,8 @@ from optuna.trial import TrialState
 
 from vitsweep import space as space_mod
 from vitsweep.errors import ConfigError, DataError, VitsweepError
-from vitsweep.sqlite import BUSY_TIMEOUT_S, prepare_sqlite, sqlite_path
+from vitsweep.distributed import budget_lock, check_tracking_server, create_or_load_study, make_storage
+from vitsweep.sqlite import prepare_sqlite, sqlite_path
 from vitsweep.sweep import DEFAULT_STORAGE, DEFAULT_TRACKING, SweepConfig, build_sweep
 from vitsweep.tracking import PARENT_ATTR, RUN_ATTR, Tracker
 
@@ -54,17 +53,18 @@ def open_storage(url: str = DEFAULT_STORAGE, *, create: bool = False, heartbeat_
                  stale_callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
                  ) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url``. Without ``create``, a missing SQLite file is an error
-    (reading commands must not create empty databases)."""
+    (reading commands must not create empty databases). PostgreSQL (``postgresql://`` or
+    ``postgresql+psycopg2://``): a pre-pinged connection pool, and storage operations retried with
+    backoff on transient errors (see :mod:`vitsweep.distributed`)."""
     path = sqlite_path(url)
     if path is not None and not create and not path.is_file():
         raise VitsweepError(f"no sweep storage at {url} ({path} does not exist); "
                             f"run a sweep first: vitsweep run sweeps/smoke.yaml")
     if create:
         prepare_sqlite(url)
-    engine_kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if url.startswith("sqlite") else {}
     with _quiet():
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+        return make_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                            heartbeat_stale_trial_callback=stale_callback)
 
 
 @contextlib.contextmanager
@@ -145,7 +145,7 @@ def _stored_sweep(sweep: SweepConfig) -> dict[str, Any]:
     """What a study remembers of its sweep: enough to rebuild every trial's config."""
     raw = {"study": {"name": sweep.study.name, "direction": sweep.study.direction, "metric": sweep.study.metric,
                      "n_trials": sweep.study.n_trials},
-           "sampler": {"name": sweep.sampler.name}, "pruner": {"name": "none"},
+           "sampler": {"name": sweep.sampler.name}, "pruner": dataclasses.asdict(sweep.pruner),
            "trainer": sweep.base.to_dict(), "space": {}}
     for p in sweep.space:
         spec: dict[str, Any] = {"path": p.path, "type": p.kind}
@@ -184,24 +184,32 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] |
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
     t0 = time.perf_counter()
+    check_tracking_server(sweep.tracking.uri)  # an unreachable MLflow server: exit 2 before any trial
     storage = open_storage(sweep.storage.url, create=True)
-    study = optuna.create_study(study_name=sweep.study.name, storage=storage, direction=sweep.study.direction,
-                                load_if_exists=True)
-    stored = _stored_sweep(sweep)
-    previous = study.user_attrs.get(SWEEP_ATTR)
-    if previous is None:
-        study.set_user_attr(SWEEP_ATTR, stored)
-    elif {k: previous[k] for k in ("trainer", "space")} != {k: stored[k] for k in ("trainer", "space")}:
-        raise VitsweepError(
-            f"study {sweep.study.name!r} in {sweep.storage.url} was run with a different trainer config or "
-            f"search space, so its trials could not be compared; set a new study.name to start a new study")
-    if study.direction.name.lower() != sweep.study.direction:
-        raise VitsweepError(f"study {sweep.study.name!r} exists with direction {study.direction.name.lower()}")
-    tracker = _tracker(sweep)
-    parent = tracker.parent_run(sweep.study.name, study.user_attrs.get(PARENT_ATTR),
-                                {"vitsweep.sweep_file": sweep.source, "vitsweep.n_trials": str(sweep.study.n_trials)})
-    if parent and parent != study.user_attrs.get(PARENT_ATTR):
-        study.set_user_attr(PARENT_ATTR, parent)
+    # Set-up under the budget lock, so that workers starting together (on any host, with
+    # PostgreSQL) create one study and one MLflow parent run.
+    setup_lock = budget_lock(sweep.storage.url, sweep.study.name)
+    setup_lock.acquire()
+    try:
+        study = create_or_load_study(sweep.study.name, storage, sweep.study.direction)
+        stored = _stored_sweep(sweep)
+        previous = study.user_attrs.get(SWEEP_ATTR)
+        if previous is None:
+            study.set_user_attr(SWEEP_ATTR, stored)
+        elif {k: previous[k] for k in ("trainer", "space")} != {k: stored[k] for k in ("trainer", "space")}:
+            raise VitsweepError(
+                f"study {sweep.study.name!r} in {sweep.storage.url} was run with a different trainer config or "
+                f"search space, so its trials could not be compared; set a new study.name to start a new study")
+        if study.direction.name.lower() != sweep.study.direction:
+            raise VitsweepError(f"study {sweep.study.name!r} exists with direction {study.direction.name.lower()}")
+        tracker = _tracker(sweep)
+        parent = tracker.parent_run(sweep.study.name, study.user_attrs.get(PARENT_ATTR),
+                                    {"vitsweep.sweep_file": sweep.source,
+                                     "vitsweep.n_trials": str(sweep.study.n_trials)})
+        if parent and parent != study.user_attrs.get(PARENT_ATTR):
+            study.set_user_attr(PARENT_ATTR, parent)
+    finally:
+        setup_lock.close()
 
     done = _budget(study)[0]
     out(f"study {sweep.study.name} ({sweep.storage.url}): {done}/{sweep.study.n_trials} trials done; "
@@ -238,7 +246,9 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] |
     summary = summarize(optuna.load_study(study_name=sweep.study.name, storage=storage), parent,
                         time.perf_counter() - t0, interrupted)
     metric = sweep.study.metric
-    tracker.end_parent(parent, "KILLED" if interrupted else "FINISHED",
+    finished, running, waiting = _budget(optuna.load_study(study_name=sweep.study.name, storage=storage))
+    others = running > 0 or (waiting > 0 and finished < sweep.study.n_trials)  # workers elsewhere go on
+    tracker.end_parent(parent, "KILLED" if interrupted else None if others else "FINISHED",
                        {**{f"trials_{k.lower()}": v for k, v in summary.counts.items()},
                         **({f"best_{metric}": summary.best_value} if summary.best_value is not None else {})})
     for line in summary.lines:
@@ -275,35 +285,6 @@ class _StaleTrial:
             self.tracker.end_trial(trial.user_attrs.get(RUN_ATTR), "FAIL",
                                    "worker died (no heartbeat within the grace period); trial re-queued")
         self.retry(study, trial)
-
-
-class _BudgetLock:
-    """A file lock held from "is there budget left?" until the new trial is RUNNING in storage, so
-    that workers on one machine never start more than ``n_trials`` trials in total."""
-
-    def __init__(self, url: str, study: str):
-        db = sqlite_path(url)
-        if db is not None:
-            path = db.with_name(f"{db.name}.{study}.lock")
-        else:
-            digest = hashlib.sha1(f"{url}|{study}".encode()).hexdigest()[:16]
-            path = Path(tempfile.gettempdir()) / f"vitsweep-{digest}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        self.held = False
-
-    def acquire(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        self.held = True
-
-    def release(self) -> None:
-        if self.held:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            self.held = False
-
-    def close(self) -> None:
-        self.release()
-        os.close(self.fd)
 
 
 def _budget(study: optuna.Study) -> tuple[int, int, int]:
@@ -343,7 +324,7 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
     seed = None if sweep.study.seed is None else sweep.study.seed + 7919 * index + 104729 * n_existing
     study = optuna.load_study(study_name=sweep.study.name, storage=storage, sampler=build_sampler(sweep, seed),
                               pruner=build_pruner(sweep))
-    lock = _BudgetLock(st.url, sweep.study.name)
+    lock = budget_lock(st.url, sweep.study.name)
     objective = _Objective(sweep, tracker, parent_run_id, lock)
     deadline = None if sweep.study.timeout is None else time.monotonic() + sweep.study.timeout
     ran = 0
@@ -386,7 +367,7 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
 
 
 class _Objective:
-    def __init__(self, sweep: SweepConfig, tracker: Tracker, parent: str | None, lock: _BudgetLock):
+    def __init__(self, sweep: SweepConfig, tracker: Tracker, parent: str | None, lock: Any):
         self.sweep, self.tracker, self.parent, self.lock = sweep, tracker, parent, lock
         self.metric = sweep.study.metric
         self.maximize = sweep.study.direction == "maximize"
@@ -402,6 +383,8 @@ class _Objective:
         state, reason, value = "FAIL", "", None
         seen: list[float] = []
         run_dir = Path(sweep.trials.dir) / sweep.study.name / str(trial.number)
+        predecessors = list(_system_attrs(trial).get("retry_history", []))  # a retried trial's earlier tries
+        requeued = False
         try:
             try:
                 config = space_mod.suggest(trial, sweep)
@@ -417,24 +400,36 @@ class _Objective:
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
 
+            def report(epoch: int, m: dict[str, float], resumed: bool = False) -> None:
+                v = float(m[metric])
+                if not math.isfinite(v):
+                    return  # the trainer returns "diverged" right after this epoch
+                seen.append(v)
+                trial.report(v, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}/{config.train.epochs} ({metric} {v:.4f})"
+                                             + (" (epochs re-reported after resuming)" if resumed else ""))
+
             def on_epoch(epoch: int, m: dict[str, float]) -> None:
                 t = time.perf_counter()
                 try:
                     self.tracker.log_epoch(run_id, epoch, m)
-                    v = float(m[metric])
-                    if not math.isfinite(v):
-                        return  # the trainer returns "diverged" right after this epoch
-                    seen.append(v)
-                    trial.report(v, epoch)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at epoch {epoch}/{config.train.epochs} "
-                                                 f"({metric} {v:.4f})")
+                    report(epoch, m)
                 finally:
                     clock["callbacks_s"] += time.perf_counter() - t
 
+            resumed = self._resume(trial, run_dir, run_id, predecessors) if config.train.checkpoint else None
+            if resumed:
+                # The pruner sees the epochs the dead worker trained as this trial's own: report
+                # them again (and log them to this trial's MLflow run), checking for pruning after
+                # each as if they ran now.
+                for m in resumed:
+                    self.tracker.log_epoch(run_id, int(m["epoch"]), m)
+                    report(int(m["epoch"]), m, resumed=True)
             t_train = time.perf_counter()
             try:
-                result = train(config, on_epoch, run_dir=run_dir if config.train.checkpoint else None)
+                result = train(config, on_epoch, run_dir=run_dir if config.train.checkpoint else None,
+                               resume=bool(resumed))
             finally:
                 clock["train_s"] = time.perf_counter() - t_train
             if result.stop_reason == "diverged":
@@ -457,6 +452,7 @@ class _Objective:
             with contextlib.suppress(Exception):
                 trial.set_user_attr(REASON_ATTR, reason)
                 self._requeue(trial)
+                requeued = True  # its checkpoint stays: the re-queued trial resumes from it
             raise
         except DataError:
             raise
@@ -467,21 +463,71 @@ class _Objective:
             trial.set_user_attr(REASON_ATTR, reason)
             raise _TrialFailed(reason) from e
         finally:
-            if not sweep.trials.keep_checkpoints:
-                shutil.rmtree(run_dir, ignore_errors=True)
+            if not sweep.trials.keep_checkpoints and not requeued:
+                # The trial has ended: its checkpoints go, and those of the earlier tries it resumed.
+                for d in [run_dir, *(run_dir.parent / str(n) for n in predecessors)]:
+                    shutil.rmtree(d, ignore_errors=True)
             with contextlib.suppress(Exception):
                 self.tracker.end_trial(run_id, state, reason, value, metric,
                                        {"trainer_s": clock["train_s"] - clock["callbacks_s"]})
             TIMINGS.append({"number": trial.number, "trial_s": time.perf_counter() - t_start, **clock})
 
+    def _resume(self, trial: optuna.Trial, run_dir: Path, run_id: str | None,
+                predecessors: list[int]) -> list[dict[str, float]] | None:
+        """A retried trial (its worker died, or was interrupted): copy the latest earlier try's
+        checkpoint folder into this trial's ``run_dir`` and return the epochs it holds (None: start
+        from scratch). Records ``retry_of``/``resumed_from_epoch`` in the trial's user attrs and as
+        MLflow tags ``vitsweep.retry_of``, ``vitsweep.retry_of_run``, ``vitsweep.resumed_from_epoch``."""
+        from vitsweep.checkpoint import load_checkpoint
+
+        if not predecessors:
+            return None
+        by_number = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
+        previous = predecessors[-1]
+        tags = {"vitsweep.retry_of": str(previous)}
+        prev_run = by_number[previous].user_attrs.get(RUN_ATTR) if previous in by_number else None
+        if prev_run:
+            tags["vitsweep.retry_of_run"] = prev_run
+        trial.set_user_attr("retry_of", previous)
+        history: list[dict[str, float]] | None = None
+        for n in reversed(predecessors):  # the latest try that left a checkpoint
+            t = by_number.get(n)
+            src = Path(t.user_attrs["run_dir"]) if t is not None and "run_dir" in t.user_attrs \
+                else run_dir.parent / str(n)
+            if not (src / "last.pt").is_file():
+                continue
+            try:
+                state = load_checkpoint(src / "last.pt")["state"]
+            except VitsweepError:
+                continue  # damaged (killed mid-copy?): try an earlier one, or start from scratch
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            shutil.copytree(src, run_dir)
+            history = [dict(m) for m in state["history"]]
+            trial.set_user_attr("resumed_from_epoch", int(state["epoch"]))
+            trial.set_user_attr("resumed_from", str(src))
+            tags["vitsweep.resumed_from_epoch"] = str(int(state["epoch"]))
+            tags["vitsweep.resumed_from_trial"] = str(n)
+            break
+        else:
+            trial.set_user_attr("resumed_from_epoch", 0)
+            tags["vitsweep.resumed_from_epoch"] = "0"
+        self.tracker.set_tags(run_id, tags)
+        return history or None
+
     @staticmethod
     def _requeue(trial: optuna.Trial) -> None:
         """An interrupted trial runs again on the next ``vitsweep run`` (same params)."""
         study = trial.study
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        history = [*_system_attrs(trial).get("retry_history", []), trial.number]
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
             system_attrs={"failed_trial": history[0], "retry_history": history}))
+
+
+def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """A running trial's system attrs (``optuna.Trial`` has no public accessor for them)."""
+    return trial.storage.get_trial_system_attrs(trial._trial_id)
 
 
 def _one_line(e: Exception) -> str:

@@ -58,7 +58,12 @@ class Tracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             try:
-                location = Path(artifacts).resolve().as_uri() if "://" not in artifacts else artifacts
+                if "://" in artifacts:
+                    location: str | None = artifacts
+                elif uri.lower().startswith(("http://", "https://")):
+                    location = None  # a tracking server stores artifacts where its --artifacts-destination says
+                else:
+                    location = Path(artifacts).resolve().as_uri()
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             except Exception:  # noqa: BLE001 - another worker created it first
                 exp = self.client.get_experiment_by_name(experiment)
@@ -85,14 +90,17 @@ class Tracker:
                                            **_hardware_tags(None)})
         return run.info.run_id
 
-    def end_parent(self, run_id: str | None, status: str, metrics: dict[str, float]) -> None:
+    def end_parent(self, run_id: str | None, status: str | None, metrics: dict[str, float]) -> None:
+        """Log the sweep's metrics; end the run with ``status`` (None: leave it RUNNING, as workers
+        on other hosts still run trials; the last one to finish ends it)."""
         if not self.enabled or not run_id:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-        self.client.set_terminated(run_id, status=status)
+        if status is not None:
+            self.client.set_terminated(run_id, status=status)
 
     # -- trials ---------------------------------------------------------------------------------
 
@@ -124,6 +132,13 @@ class Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()
                                                if k != "epoch"])
+
+    def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
+        if not self.enabled or not run_id or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end_trial(self, run_id: str | None, state: str, reason: str = "", value: float | None = None,
                   metric: str = "value", extra: dict[str, float] | None = None) -> None:

@@ -1,0 +1,314 @@
+"""Sweeps beyond one machine, against the real PostgreSQL on 127.0.0.1:5432 and a real
+``mlflow server`` process (PostgreSQL backend store): several `vitsweep run` processes on one
+study, a SIGKILLed worker's trial resumed from its checkpoint, PostgreSQL restarted mid-sweep, and
+an MLflow server that is down at start. Each test gets a database of its own (dropped after).
+
+Skipped, with the reason, only when PostgreSQL does not answer on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tests.test_sweep_run import sweep_dict
+from vitsweep.study import load_study, sweep_of
+from vitsweep.sweep import build_sweep
+from vitsweep.tracking import RUN_ATTR
+
+PG = dict(host="127.0.0.1", port=5432, user="postgres")
+PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+PG_VERSION = (sorted(os.listdir("/etc/postgresql")) or ["15"])[-1] if os.path.isdir("/etc/postgresql") else "15"
+FAST = {  # about a second per trial on a CPU
+    "data": {"source": "synthetic", "synthetic_train": 200, "synthetic_test": 20, "val_size": 50},
+    "model": {"preset": "custom", "dim": 16, "depth": 1, "heads": 2, "patch_size": 8, "mlp_ratio": 2.0,
+              "drop_path": 0.0},
+    "optimizer": {"name": "adamw", "lr": 3e-3},
+    "schedule": {"warmup_epochs": 0},
+    "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
+}
+
+
+def _pg_error() -> str | None:
+    try:
+        import psycopg2
+
+        psycopg2.connect(dbname="postgres", connect_timeout=3, **PG).close()
+        return None
+    except Exception as e:  # noqa: BLE001
+        return " ".join(str(e).split())
+
+
+pytestmark = pytest.mark.skipif(_pg_error() is not None,
+                                reason=f"PostgreSQL is not reachable on 127.0.0.1:5432 ({_pg_error()})")
+
+
+def _admin(sql: str) -> None:
+    import psycopg2
+
+    con = psycopg2.connect(dbname="postgres", connect_timeout=10, **PG)
+    con.autocommit = True
+    try:
+        con.cursor().execute(sql)
+    finally:
+        con.close()
+
+
+def _pg_ready() -> bool:
+    return _pg_error() is None
+
+
+def _ensure_pg_running() -> None:
+    """PostgreSQL must be up when a test ends, whatever happened (other tests and CI need it)."""
+    deadline = time.time() + 60
+    while not _pg_ready() and time.time() < deadline:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", "start"],
+                       capture_output=True, timeout=60)
+        time.sleep(1)
+    assert _pg_ready(), "PostgreSQL did not come back"
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh database for one test; its URL."""
+    name = f"vs_{uuid.uuid4().hex[:12]}"
+    _admin(f"CREATE DATABASE {name}")
+    try:
+        yield PG_URL.format(db=name)
+    finally:
+        _ensure_pg_running()
+        _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """A real `mlflow server` on a PostgreSQL backend store; its http:// URI."""
+    name = f"vs_mlflow_{uuid.uuid4().hex[:10]}"
+    _admin(f"CREATE DATABASE {name}")
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", PG_URL.format(db=name),
+                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        with_pg = _pg_ready()
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        _ensure_pg_running()
+        if with_pg or _pg_ready():
+            _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _sweep_file(root: Path, name: str, db_url: str, tracking: str, n_trials: int, **over: Any) -> tuple[Path, dict]:
+    raw = sweep_dict(root, name=name, n_trials=n_trials, **over)
+    raw["storage"]["url"] = db_url
+    raw["tracking"] = {"uri": tracking}
+    raw["trainer"] = copy.deepcopy(FAST)
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path, raw
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vitsweep", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _trial_runs(uri: str, study: str) -> dict[int, Any]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`vitsweep.kind` = 'trial'", max_results=1000)
+    return {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_four_worker_processes_finish_exactly_n_trials(tmp_path, database, mlflow_server):
+    """4 `vitsweep run` processes started together (as on 4 machines): one study, one parent run,
+    exactly n_trials trials (the PostgreSQL advisory budget lock), none lost, each with its run."""
+    path, raw = _sweep_file(tmp_path, "mw", database, mlflow_server, n_trials=10)
+    procs = [_cli("run", str(path), "--storage", database, "--tracking-uri", mlflow_server, cwd=tmp_path)
+             for _ in range(4)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=240)[0])
+    finally:
+        for p in procs:
+            _kill(p)
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out
+        assert "Traceback" not in out, out
+    study = load_study("mw", database)
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(10))  # exactly n_trials, no duplicate number, no gap
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
+    assert sum("trial " in out for out in outs) >= 2  # the work was shared
+    runs = _trial_runs(mlflow_server, "mw")
+    assert set(runs) == set(numbers)
+    status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
+    for t in trials:
+        assert runs[t.number].info.run_id == t.user_attrs[RUN_ATTR]
+        assert runs[t.number].info.status == status[t.state]
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("mw")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`vitsweep.kind` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # the study keeps the real pruner settings (the report draws Hyperband rungs from them)
+    assert sweep_of(study).pruner == build_sweep(raw).pruner
+    assert sweep_of(study).pruner.name == "hyperband" and sweep_of(study).pruner.reduction_factor == 2
+
+
+def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflow_server):
+    """A worker killed mid-trial: another `vitsweep run` fails the trial once its heartbeat is stale,
+    re-queues it, and the retry continues from the dead trial's last epoch checkpoint."""
+    path, raw = _sweep_file(tmp_path, "kill", database, mlflow_server, n_trials=1, pruner={"name": "none"},
+                            space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
+    raw["trainer"]["data"]["synthetic_train"] = 1500
+    raw["trainer"]["model"]["dim"] = 32
+    raw["trainer"]["train"]["epochs"] = 4
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    proc = _cli("run", str(path), cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # until the trial has checkpointed and reported an epoch
+            time.sleep(0.3)
+            try:
+                trials = load_study("kill", database).get_trials()
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            if trials and trials[0].intermediate_values:
+                break
+            assert proc.poll() is None, proc.communicate()[0]
+        else:
+            pytest.fail("the trial never reported")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        _kill(proc)
+    dead = load_study("kill", database).get_trials()[0]
+    assert dead.state == TrialState.RUNNING and len(dead.intermediate_values) < 4
+    assert (Path(dead.user_attrs["run_dir"]) if Path(dead.user_attrs["run_dir"]).is_absolute()
+            else tmp_path / dead.user_attrs["run_dir"]).joinpath("last.pt").is_file()
+
+    again = _cli("run", str(path), cwd=tmp_path)  # waits out the grace period, then runs the retry
+    try:
+        out = again.communicate(timeout=180)[0]
+    finally:
+        _kill(again)
+    assert again.returncode == 0, out
+    trials = load_study("kill", database).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    first, retry = trials
+    resumed = retry.user_attrs["resumed_from_epoch"]
+    assert resumed >= 1 and retry.user_attrs["retry_of"] == 0 and retry.params == first.params
+    # every epoch reported to the retried trial (the resumed ones re-reported from the checkpoint)
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    for epoch in range(1, resumed + 1):
+        if epoch in first.intermediate_values:
+            assert retry.intermediate_values[epoch] == first.intermediate_values[epoch]
+    runs = _trial_runs(mlflow_server, "kill")
+    assert runs[0].info.status == "FAILED" and "worker died" in runs[0].data.tags["vitsweep.reason"]
+    tags = runs[1].data.tags
+    assert runs[1].info.status == "FINISHED"
+    assert tags["vitsweep.retry_of"] == "0" and tags["vitsweep.retry_of_run"] == runs[0].info.run_id
+    assert tags["vitsweep.resumed_from_epoch"] == str(resumed)
+    history = MlflowClient(mlflow_server).get_metric_history(runs[1].info.run_id, "val_acc")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert not list((tmp_path / "trials").rglob("*.pt"))  # both tries' checkpoints gone once it ended
+
+
+def test_database_restart_mid_sweep_loses_no_trial(tmp_path, database, mlflow_server):
+    """PostgreSQL restarted while 2 workers run trials: storage operations retry until it is back;
+    finished trials stay, and the sweep ends with n_trials finished trials."""
+    path, _ = _sweep_file(tmp_path, "restart", database, mlflow_server, n_trials=8,
+                          storage={"heartbeat_interval": 1, "grace_period": 30})
+    proc = _cli("run", str(path), "--workers", "2", cwd=tmp_path)
+    try:
+        deadline = time.time() + 180
+        before: dict[int, tuple] = {}
+        while time.time() < deadline:
+            time.sleep(0.3)
+            try:
+                trials = load_study("restart", database).get_trials()
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            before = {t.number: (t.state, t.value, dict(t.intermediate_values)) for t in trials if t.state.is_finished()}
+            if len(before) >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()[0]
+        assert len(before) >= 2 and proc.poll() is None, "the sweep ended before the restart"
+        try:
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", "restart"],
+                           check=True, capture_output=True, timeout=120)
+        finally:
+            _ensure_pg_running()
+        out = proc.communicate(timeout=240)[0]
+    finally:
+        _kill(proc)
+        _ensure_pg_running()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    trials = load_study("restart", database).get_trials()
+    after = {t.number: (t.state, t.value, dict(t.intermediate_values)) for t in trials}
+    assert {n: after[n] for n in before} == before  # nothing finished was lost or changed
+    assert len(trials) == 8 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), out
+    assert set(_trial_runs(mlflow_server, "restart")) == set(after)
+
+
+def test_mlflow_server_down_at_start_is_a_clear_error_before_any_trial(tmp_path, database):
+    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    path, _ = _sweep_file(tmp_path, "down", database, down, n_trials=2)
+    proc = _cli("run", str(path), "--storage", database, "--tracking-uri", down, cwd=tmp_path)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, out
+    assert f"MLflow tracking server {down} is not reachable" in out and "mlflow server" in out, out
+    assert "Traceback" not in out
+    storage = optuna.storages.RDBStorage(database)
+    assert optuna.get_all_study_summaries(storage) == []  # no study, so no trial
