@@ -269,7 +269,8 @@ def _worker_entry(sweep: SweepConfig, index: int, parent: str | None) -> None:
 
 
 def _tracker(sweep: SweepConfig) -> Tracker:
-    return Tracker(sweep.tracking.uri, sweep.tracking.experiment or sweep.study.name, sweep.tracking.artifacts)
+    return Tracker(sweep.tracking.uri, sweep.tracking.experiment or sweep.study.name, sweep.tracking.artifacts,
+                   background=True)
 
 
 class _StaleTrial:

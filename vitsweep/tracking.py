@@ -9,7 +9,10 @@ KILLED pruned, FAILED failed) and into the tags ``vitsweep.trial_state`` / ``vit
 from __future__ import annotations
 
 import platform
+import queue
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +40,50 @@ def _hardware_tags(device: str | None) -> dict[str, str]:
     return tags
 
 
-class Tracker:
-    """MLflow for one sweep; ``uri="none"`` makes every method a no-op."""
+class _Background:
+    """One thread that performs MLflow writes in the order they were asked for, off the
+    trainer's path (the next epoch trains while the last one's metrics are written)."""
 
-    def __init__(self, uri: str, experiment: str, artifacts: str):
+    def __init__(self) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.error: Exception | None = None
+        threading.Thread(target=self._run, name="vitsweep-mlflow", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            fn, args, kwargs = self.queue.get()
+            try:
+                fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - reported by flush()
+                self.error = self.error or e
+            finally:
+                self.queue.task_done()
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        self.queue.put((fn, args, kwargs))
+
+    def flush(self) -> None:
+        """Wait until every write asked for so far is done; raise the first that failed."""
+        self.queue.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+class Tracker:
+    """MLflow for one sweep; ``uri="none"`` makes every method a no-op. With ``background``,
+    a trial's params, per-epoch metrics and tags are written by a background thread, in order;
+    ``end_trial`` waits for them before it ends the run."""
+
+    def __init__(self, uri: str, experiment: str, artifacts: str, background: bool = False):
         self.uri, self.experiment_name, self.enabled = uri, experiment, uri.lower() != "none"
         self.client: Any = None
         self.experiment_id: str | None = None
+        self._bg: _Background | None = None
         if not self.enabled:
             return
+        if background:
+            self._bg = _Background()
         import logging
 
         from mlflow import MlflowClient
@@ -121,8 +159,19 @@ class Tracker:
         flat = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flat.items()}
         items = [MParam(k, str(v)) for k, v in flat.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+            self._write(self.client.log_batch, run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
+
+    def _write(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self._bg is not None:
+            self._bg.submit(fn, *args, **kwargs)
+        else:
+            fn(*args, **kwargs)
+
+    def flush(self) -> None:
+        """Wait for the background writes (no-op without ``background``)."""
+        if self._bg is not None:
+            self._bg.flush()
 
     def log_epoch(self, run_id: str | None, epoch: int, metrics: dict[str, float]) -> None:
         if not self.enabled or not run_id:
@@ -130,15 +179,15 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items()
-                                               if k != "epoch"])
+        self._write(self.client.log_batch, run_id,
+                    metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
 
     def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
         if not self.enabled or not run_id or not tags:
             return
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._write(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end_trial(self, run_id: str | None, state: str, reason: str = "", value: float | None = None,
                   metric: str = "value", extra: dict[str, float] | None = None) -> None:
@@ -152,6 +201,10 @@ class Tracker:
         metrics = [Metric(f"best_{metric}", float(value), now, 0)] if value is not None else []
         metrics += [Metric(k, float(v), now, 0) for k, v in (extra or {}).items()]
         try:
+            try:
+                self.flush()
+            except Exception as e:  # noqa: BLE001 - the run still gets its end state below
+                warnings.warn(f"MLflow: some params/metrics of run {run_id} could not be logged: {e}", stacklevel=2)
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
         finally:
             self.client.set_terminated(run_id, status=RUN_STATUS.get(state, "FAILED"))
