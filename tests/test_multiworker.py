@@ -212,13 +212,13 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
                             space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
     raw["trainer"]["data"]["synthetic_train"] = 1500
     raw["trainer"]["model"]["dim"] = 32
-    raw["trainer"]["train"]["epochs"] = 4
+    raw["trainer"]["train"]["epochs"] = EPOCHS = 12  # long enough that the kill lands mid-trial
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     proc = _cli("run", str(path), cwd=tmp_path)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # until the trial has checkpointed and reported an epoch
-            time.sleep(0.3)
+            time.sleep(0.1)
             try:
                 trials = load_study("kill", database).get_trials()
             except Exception:  # noqa: BLE001 - not created yet
@@ -233,7 +233,7 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
     finally:
         _kill(proc)
     dead = load_study("kill", database).get_trials()[0]
-    assert dead.state == TrialState.RUNNING and len(dead.intermediate_values) < 4
+    assert dead.state == TrialState.RUNNING and len(dead.intermediate_values) < EPOCHS
     assert (Path(dead.user_attrs["run_dir"]) if Path(dead.user_attrs["run_dir"]).is_absolute()
             else tmp_path / dead.user_attrs["run_dir"]).joinpath("last.pt").is_file()
 
@@ -249,7 +249,7 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
     resumed = retry.user_attrs["resumed_from_epoch"]
     assert resumed >= 1 and retry.user_attrs["retry_of"] == 0 and retry.params == first.params
     # every epoch reported to the retried trial (the resumed ones re-reported from the checkpoint)
-    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    assert sorted(retry.intermediate_values) == list(range(1, EPOCHS + 1))
     for epoch in range(1, resumed + 1):
         if epoch in first.intermediate_values:
             assert retry.intermediate_values[epoch] == first.intermediate_values[epoch]
@@ -260,7 +260,7 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
     assert tags["vitsweep.retry_of"] == "0" and tags["vitsweep.retry_of_run"] == runs[0].info.run_id
     assert tags["vitsweep.resumed_from_epoch"] == str(resumed)
     history = MlflowClient(mlflow_server).get_metric_history(runs[1].info.run_id, "val_acc")
-    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
     assert not list((tmp_path / "trials").rglob("*.pt"))  # both tries' checkpoints gone once it ended
 
 

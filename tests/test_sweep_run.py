@@ -179,7 +179,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
     raw = sweep_dict(tmp_path, name="k", n_trials=1, pruner={"name": "none"},
                      space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
     raw["trainer"]["data"]["synthetic_train"] = 1500
-    raw["trainer"]["train"]["epochs"] = 3
+    raw["trainer"]["train"]["epochs"] = 30  # long enough that the kill lands mid-trial
     path = tmp_path / "k.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     proc = _cli("run", str(path), cwd=tmp_path)
@@ -187,7 +187,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
     deadline = time.time() + 120
     try:
         while time.time() < deadline:  # wait until the trial has reported an epoch
-            time.sleep(0.5)
+            time.sleep(0.1)
             try:
                 trials = load_study("k", url).get_trials()
             except Exception:  # noqa: BLE001 - not created yet
