@@ -407,7 +407,8 @@ class _Objective:
                     return  # the trainer returns "diverged" right after this epoch
                 seen.append(v)
                 trial.report(v, epoch)
-                if trial.should_prune():
+                # After the last epoch, pruning would save nothing and only hide a finished result.
+                if epoch < config.train.epochs and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}/{config.train.epochs} ({metric} {v:.4f})"
                                              + (" (epochs re-reported after resuming)" if resumed else ""))
 
