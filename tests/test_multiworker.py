@@ -171,7 +171,7 @@ def _kill(proc: subprocess.Popen) -> None:
 def test_four_worker_processes_finish_exactly_n_trials(tmp_path, database, mlflow_server):
     """4 `vitsweep run` processes started together (as on 4 machines): one study, one parent run,
     exactly n_trials trials (the PostgreSQL advisory budget lock), none lost, each with its run."""
-    path, raw = _sweep_file(tmp_path, "mw", database, mlflow_server, n_trials=10)
+    path, raw = _sweep_file(tmp_path, "mw", database, mlflow_server, n_trials=16)
     procs = [_cli("run", str(path), "--storage", database, "--tracking-uri", mlflow_server, cwd=tmp_path)
              for _ in range(4)]
     outs = []
@@ -187,9 +187,10 @@ def test_four_worker_processes_finish_exactly_n_trials(tmp_path, database, mlflo
     study = load_study("mw", database)
     trials = study.get_trials()
     numbers = [t.number for t in trials]
-    assert sorted(numbers) == list(range(10))  # exactly n_trials, no duplicate number, no gap
+    assert sorted(numbers) == list(range(16))  # exactly n_trials, no duplicate number, no gap
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
-    assert sum("trial " in out for out in outs) >= 2  # the work was shared
+    ran = [sum(line.startswith("trial ") for line in out.splitlines()) for out in outs]
+    assert sum(ran) == 16 and sum(n > 0 for n in ran) >= 2, ran  # the work was shared, each trial once
     runs = _trial_runs(mlflow_server, "mw")
     assert set(runs) == set(numbers)
     status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
