@@ -72,35 +72,26 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def with_retries(fn: Callable[..., T], what: str = "", attempts: int | None = None,
-                 on_retry: Callable[[BaseException, int, float], None] | None = None) -> Callable[..., T]:
-    """``fn`` retried with exponential backoff (and jitter) while it fails with a transient error."""
-    n = RETRY_ATTEMPTS if attempts is None else attempts
+def with_retries(fn: Callable[..., T], what: str) -> Callable[..., T]:
+    """``fn`` retried with exponential backoff (and jitter) while it fails with a transient error;
+    each retry prints a warning naming ``what`` was being done."""
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> T:
-        for attempt in range(n + 1):
+        for attempt in range(RETRY_ATTEMPTS + 1):
             try:
                 return fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001
-                if attempt >= n or not is_transient(e):
+                if attempt >= RETRY_ATTEMPTS or not is_transient(e):
                     raise
                 delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** attempt) * random.uniform(0.8, 1.2)
-                if on_retry is not None:
-                    on_retry(e, attempt + 1, delay)
+                first = " ".join(str(e).split())[:160]
+                print(f"warning: database unavailable during {what} ({first}); retry {attempt + 1}/"
+                      f"{RETRY_ATTEMPTS} in {delay:.1f}s", flush=True)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
     return wrapped
-
-
-def _warn(what: str) -> Callable[[BaseException, int, float], None]:
-    def report(e: BaseException, attempt: int, delay: float) -> None:
-        first = " ".join(str(e).split())[:160]
-        print(f"warning: database unavailable during {what} ({first}); retry {attempt}/{RETRY_ATTEMPTS} "
-              f"in {delay:.1f}s", flush=True)
-
-    return report
 
 
 # The storage operations Optuna's cached storage and the heartbeat code call on the RDB storage
@@ -122,7 +113,7 @@ def _retrying(name: str) -> Callable[..., Any]:
     method = getattr(optuna.storages.RDBStorage, name)
 
     def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return with_retries(functools.partial(method, self), name, on_retry=_warn(name))(*args, **kwargs)
+        return with_retries(functools.partial(method, self), name)(*args, **kwargs)
 
     call.__name__ = name
     return call
@@ -148,7 +139,7 @@ def _set_trial_state_values(self: RetryingRDBStorage, trial_id: int, state: Any,
                 return True
             raise
 
-    return with_retries(once, "set_trial_state_values", on_retry=_warn("set_trial_state_values"))()
+    return with_retries(once, "set_trial_state_values")()
 
 
 RetryingRDBStorage.set_trial_state_values = _set_trial_state_values  # type: ignore[method-assign]
@@ -163,7 +154,7 @@ def make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
         lock = PgBudgetLock(url, "__optuna_schema__")
         try:
             lock.acquire()
-            return with_retries(RetryingRDBStorage, "connect", on_retry=_warn("connect"))(
+            return with_retries(RetryingRDBStorage, "connect")(
                 url, engine_kwargs=dict(POOL), **kwargs)
         finally:
             lock.close()
@@ -265,7 +256,7 @@ class PgBudgetLock:
             raise
 
     def acquire(self) -> None:
-        with_retries(self._lock, "budget lock", on_retry=_warn("the budget lock"))()
+        with_retries(self._lock, "the budget lock")()
         self.held = True
 
     def release(self) -> None:

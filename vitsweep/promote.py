@@ -41,7 +41,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -591,15 +591,9 @@ def _run_one(c: Candidate, s: int, epochs: int, patience: int | None, min_delta:
         if hook is not None:
             hook(name, epoch, m)
 
-    try:
+    with _ending_run_on_error(ml, run_id, "interrupted (Ctrl-C); run the same command again to resume"):
         r = train(cfg, on_epoch, run_dir=run_dir, resume=True)
-    except KeyboardInterrupt:
-        ml.end(run_id, "KILLED", "interrupted (Ctrl-C); run the same command again to resume")
-        raise
-    except BaseException as e:
-        ml.end(run_id, "FAILED", f"{type(e).__name__}: {' '.join(str(e).split())}")
-        raise
-    try:
+    with _ending_run_on_error(ml, run_id, "interrupted while recording; run the same command again to finish"):
         test = r.test
         rec = RunRecord(
             study=sel.study, trial=c.number, seed=seed, config_desc=c.describe, sweep_value=c.value,
@@ -619,13 +613,21 @@ def _run_one(c: Candidate, s: int, epochs: int, patience: int | None, min_delta:
             f"(epoch {r.best_epoch}); test acc {_pct(rec.test_acc)}, loss "
             f"{'-' if rec.test_loss is None else f'{rec.test_loss:.4f}'}")
         ml.publish(run_id, rec, run_dir)
+    return rec, True
+
+
+@contextlib.contextmanager
+def _ending_run_on_error(ml: _Mlflow, run_id: str | None, interrupted: str) -> Iterator[None]:
+    """End the MLflow run as KILLED (Ctrl-C, with ``interrupted`` as the reason) or FAILED if the
+    body raises; the exception propagates."""
+    try:
+        yield
     except KeyboardInterrupt:
-        ml.end(run_id, "KILLED", "interrupted while recording; run the same command again to finish")
+        ml.end(run_id, "KILLED", interrupted)
         raise
     except BaseException as e:
         ml.end(run_id, "FAILED", f"{type(e).__name__}: {' '.join(str(e).split())}")
         raise
-    return rec, True
 
 
 def _claim(run_dir: Path, key: str, cfg: Config) -> None:

@@ -243,10 +243,10 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] |
                 out(f"warning: {len(bad)} worker(s) exited with code(s) {bad}")
     except KeyboardInterrupt:
         interrupted = True
-    summary = summarize(optuna.load_study(study_name=sweep.study.name, storage=storage), parent,
-                        time.perf_counter() - t0, interrupted)
+    final = optuna.load_study(study_name=sweep.study.name, storage=storage)
+    summary = summarize(final, parent, time.perf_counter() - t0, interrupted)
     metric = sweep.study.metric
-    finished, running, waiting = _budget(optuna.load_study(study_name=sweep.study.name, storage=storage))
+    finished, running, waiting = _budget(final)
     others = running > 0 or (waiting > 0 and finished < sweep.study.n_trials)  # workers elsewhere go on
     tracker.end_parent(parent, "KILLED" if interrupted else None if others else "FINISHED",
                        {**{f"trials_{k.lower()}": v for k, v in summary.counts.items()},
@@ -268,9 +268,10 @@ def _worker_entry(sweep: SweepConfig, index: int, parent: str | None) -> None:
         sys.exit(2)
 
 
-def _tracker(sweep: SweepConfig) -> Tracker:
+def _tracker(sweep: SweepConfig, background: bool = False) -> Tracker:
+    """The sweep's MLflow tracker; workers write trial params and metrics in the background."""
     return Tracker(sweep.tracking.uri, sweep.tracking.experiment or sweep.study.name, sweep.tracking.artifacts,
-                   background=True)
+                   background=background)
 
 
 class _StaleTrial:
@@ -316,7 +317,7 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
     from vitsweep.device import resolve_device
 
     out = out or _print
-    tracker = _tracker(sweep)
+    tracker = _tracker(sweep, background=True)
     st = sweep.storage
     storage = open_storage(st.url, create=True, heartbeat_interval=st.heartbeat_interval,
                            grace_period=st.grace_period, stale_callback=_StaleTrial(st.max_retry, tracker))
