@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import cli
 from vitsweep.checkpoint import CHECKPOINT_ARTIFACT, log_checkpoint, resolve_checkpoint
 from vitsweep.config import build_config
 from vitsweep.errors import VitsweepError
@@ -34,23 +34,6 @@ def ckpt(tmp_path_factory) -> Path:
     train(build_config(CFG, source="tests"), run_dir=run_dir)
     assert (run_dir / "best.pt").is_file()
     return run_dir / "best.pt"
-
-
-def cli(*args: str, capsys) -> tuple[int, str, str]:  # noqa: ANN001
-    """Run ``vitsweep ARGS`` in-process the way the console script does: (exit code, stdout, stderr)."""
-    from vitsweep.cli import main
-
-    old = sys.argv
-    sys.argv = ["vitsweep", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from tests.helpers import spawn_cli, wait_for_first_report
 from tests.test_sweep_run import sweep_dict
 from vitsweep.study import load_study, sweep_of
 from vitsweep.sweep import build_sweep
@@ -53,8 +54,9 @@ def _pg_error() -> str | None:
         return " ".join(str(e).split())
 
 
-pytestmark = pytest.mark.skipif(_pg_error() is not None,
-                                reason=f"PostgreSQL is not reachable on 127.0.0.1:5432 ({_pg_error()})")
+_PG_PROBLEM = _pg_error()
+pytestmark = pytest.mark.skipif(_PG_PROBLEM is not None,
+                                reason=f"PostgreSQL is not reachable on 127.0.0.1:5432 ({_PG_PROBLEM})")
 
 
 def _admin(sql: str) -> None:
@@ -150,11 +152,6 @@ def _sweep_file(root: Path, name: str, db_url: str, tracking: str, n_trials: int
     return path, raw
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vitsweep", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
 def _trial_runs(uri: str, study: str) -> dict[int, Any]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study)
@@ -172,7 +169,7 @@ def test_four_worker_processes_finish_exactly_n_trials(tmp_path, database, mlflo
     """4 `vitsweep run` processes started together (as on 4 machines): one study, one parent run,
     exactly n_trials trials (the PostgreSQL advisory budget lock), none lost, each with its run."""
     path, raw = _sweep_file(tmp_path, "mw", database, mlflow_server, n_trials=16)
-    procs = [_cli("run", str(path), "--storage", database, "--tracking-uri", mlflow_server, cwd=tmp_path)
+    procs = [spawn_cli("run", str(path), "--storage", database, "--tracking-uri", mlflow_server, cwd=tmp_path)
              for _ in range(4)]
     outs = []
     try:
@@ -215,20 +212,9 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
     raw["trainer"]["model"]["dim"] = 32
     raw["trainer"]["train"]["epochs"] = EPOCHS = 12  # long enough that the kill lands mid-trial
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = _cli("run", str(path), cwd=tmp_path)
+    proc = spawn_cli("run", str(path), cwd=tmp_path)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:  # until the trial has checkpointed and reported an epoch
-            time.sleep(0.1)
-            try:
-                trials = load_study("kill", database).get_trials()
-            except Exception:  # noqa: BLE001 - not created yet
-                continue
-            if trials and trials[0].intermediate_values:
-                break
-            assert proc.poll() is None, proc.communicate()[0]
-        else:
-            pytest.fail("the trial never reported")
+        wait_for_first_report("kill", database, proc)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -238,7 +224,7 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
     assert (Path(dead.user_attrs["run_dir"]) if Path(dead.user_attrs["run_dir"]).is_absolute()
             else tmp_path / dead.user_attrs["run_dir"]).joinpath("last.pt").is_file()
 
-    again = _cli("run", str(path), cwd=tmp_path)  # waits out the grace period, then runs the retry
+    again = spawn_cli("run", str(path), cwd=tmp_path)  # waits out the grace period, then runs the retry
     try:
         out = again.communicate(timeout=180)[0]
     finally:
@@ -270,7 +256,7 @@ def test_database_restart_mid_sweep_loses_no_trial(tmp_path, database, mlflow_se
     finished trials stay, and the sweep ends with n_trials finished trials."""
     path, _ = _sweep_file(tmp_path, "restart", database, mlflow_server, n_trials=8,
                           storage={"heartbeat_interval": 1, "grace_period": 30})
-    proc = _cli("run", str(path), "--workers", "2", cwd=tmp_path)
+    proc = spawn_cli("run", str(path), "--workers", "2", cwd=tmp_path)
     try:
         deadline = time.time() + 180
         before: dict[int, tuple] = {}
@@ -306,7 +292,7 @@ def test_database_restart_mid_sweep_loses_no_trial(tmp_path, database, mlflow_se
 def test_mlflow_server_down_at_start_is_a_clear_error_before_any_trial(tmp_path, database):
     down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     path, _ = _sweep_file(tmp_path, "down", database, down, n_trials=2)
-    proc = _cli("run", str(path), "--storage", database, "--tracking-uri", down, cwd=tmp_path)
+    proc = spawn_cli("run", str(path), "--storage", database, "--tracking-uri", down, cwd=tmp_path)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2, out
     assert f"MLflow tracking server {down} is not reachable" in out and "mlflow server" in out, out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import copy
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from tests.helpers import cli
 from vitsweep.errors import VitsweepError
 from vitsweep.promote import KIND_PARENT, KIND_RUN, TAG_SOURCE, promote, select_trials
 from vitsweep.study import SWEEP_ATTR, _stored_sweep, load_study, open_storage
@@ -62,22 +62,6 @@ def make_study(name: str, trials: list[tuple[TrialState, float | None, dict[str,
 
 def adamw(lr: float, **extra: Any) -> dict[str, Any]:
     return {"optimizer": "adamw", "lr": lr, **extra}
-
-
-def cli(*args: str, capsys) -> tuple[int, str, str]:  # noqa: ANN001
-    from vitsweep.cli import main
-
-    old = sys.argv
-    sys.argv = ["vitsweep", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ---------------------------------------------------------------------------------------------

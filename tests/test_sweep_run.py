@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from tests.helpers import spawn_cli, wait_for_first_report
 from tests.test_sweep_space import TRAINER
 from vitsweep.study import load_study, run_sweep, trials_table
 from vitsweep.sweep import build_sweep
@@ -155,15 +153,10 @@ def test_failed_trials_record_reasons_and_the_sweep_goes_on(tmp_path):
     assert "diverged" in "\n".join(lines)
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vitsweep", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
 def test_two_workers_finish_exactly_n_trials(tmp_path):
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(sweep_dict(tmp_path, name="w", n_trials=6), sort_keys=False))
-    proc = _cli("run", str(path), "--workers", "2", cwd=tmp_path)
+    proc = spawn_cli("run", str(path), "--workers", "2", cwd=tmp_path)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     assert "database is locked" not in out and "Traceback" not in out
@@ -182,20 +175,10 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
     raw["trainer"]["train"]["epochs"] = 30  # long enough that the kill lands mid-trial
     path = tmp_path / "k.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = _cli("run", str(path), cwd=tmp_path)
+    proc = spawn_cli("run", str(path), cwd=tmp_path)
     url = f"sqlite:///{tmp_path}/optuna.db"
-    deadline = time.time() + 120
     try:
-        while time.time() < deadline:  # wait until the trial has reported an epoch
-            time.sleep(0.1)
-            try:
-                trials = load_study("k", url).get_trials()
-            except Exception:  # noqa: BLE001 - not created yet
-                continue
-            if trials and trials[0].intermediate_values:
-                break
-        else:
-            pytest.fail("the trial never reported")
+        wait_for_first_report("k", url, proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
