@@ -32,3 +32,4 @@ def _in_tmp(tmp_path, monkeypatch):
     """Run each test in its own folder, so storage/ (cache, runs, stores) never leaks between tests."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("VITSWEEP_STORAGE", raising=False)

@@ -194,3 +194,36 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
     assert runs[0].info.status == "FAILED" and "worker died" in runs[0].data.tags["vitsweep.reason"]
     assert runs[1].info.status == "FINISHED"
     assert "worker died" in trials_table(load_study("k", url)).loc[0, "reason"]
+
+
+def test_environment_names_the_stores_a_sweep_file_leaves_out(tmp_path, monkeypatch, capsys):
+    from tests.helpers import cli
+
+    raw = sweep_dict(tmp_path, n_trials=2)
+    del raw["storage"]["url"], raw["tracking"]["uri"]
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump(raw))
+    optuna_db, mlflow_db = tmp_path / "env-optuna.db", tmp_path / "env-mlflow.db"
+    monkeypatch.setenv("VITSWEEP_STORAGE", f"sqlite:///{optuna_db}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_db}")
+
+    code, out, err = cli("run", str(tmp_path / "env.yaml"), capsys=capsys)
+    assert code == 0, err
+    assert len(load_study("s", f"sqlite:///{optuna_db}").get_trials()) == 2
+    client = MlflowClient(f"sqlite:///{mlflow_db}")
+    runs = client.search_runs([client.get_experiment_by_name("s").experiment_id],
+                              filter_string="tags.`vitsweep.kind` = 'trial'")
+    assert len(runs) == 2 and not Path("storage/optuna.db").exists() and not Path("storage/mlflow.db").exists()
+    code, out, err = cli("trials", capsys=capsys)  # no --storage: $VITSWEEP_STORAGE
+    assert code == 0 and "s" in out and out.count("COMPLETE") + out.count("PRUNED") >= 2, (out, err)
+
+    # What the file says wins over the environment; a bad value names where it came from.
+    raw["storage"]["url"] = f"sqlite:///{tmp_path}/file.db"
+    assert build_sweep(raw).storage.url == f"sqlite:///{tmp_path}/file.db"
+    monkeypatch.setenv("VITSWEEP_STORAGE", "postgres://host/db")
+    code, out, err = cli("trials", capsys=capsys)
+    assert code == 2 and "$VITSWEEP_STORAGE = 'postgres://host/db'" in err and "postgresql://" in err
+    code, out, err = cli("run", str(tmp_path / "env.yaml"), capsys=capsys)
+    assert code == 2 and "$VITSWEEP_STORAGE" in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # `vitsweep ui` cannot serve a server
+    code, out, err = cli("ui", capsys=capsys)
+    assert code == 2 and "is an MLflow server already" in err

@@ -41,12 +41,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 # The convention every command follows: a run that has a model logs its best checkpoint as this
 # MLflow artifact (``client.log_artifact(run_id, ".../best.pt", artifact_path="checkpoint")``).
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
-DEFAULT_TRACKING_URI = "sqlite:///storage/mlflow.db"
-
-
-def tracking_uri_or_default(tracking_uri: str | None = None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///storage/mlflow.db``."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def log_checkpoint(client: Any, run_id: str, path: str | Path) -> None:
@@ -87,7 +81,9 @@ def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None, dst: st
     if not text.startswith("runs:/") and (isinstance(ref, Path) or _looks_like_path(text) or not run_id.replace("-", "").isalnum()):
         raise VitsweepError(f"checkpoint {text}: no such file. Give the path of a best.pt (e.g. "
                             f"storage/runs/NAME/best.pt, written by vitsweep train) or an MLflow run id")
-    return _download_run_checkpoint(run_id, tracking_uri_or_default(tracking_uri), dst)
+    from vitsweep.sweep import tracking_uri as resolve_tracking
+
+    return _download_run_checkpoint(run_id, resolve_tracking(tracking_uri), dst)
 
 
 def _download_run_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> Path:

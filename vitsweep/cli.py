@@ -124,7 +124,8 @@ def export(
 
 StorageOption = Annotated[
     Optional[str],
-    typer.Option("--storage", help="Optuna storage URL [default: the sweep file's, else sqlite:///storage/optuna.db]."),
+    typer.Option("--storage", help="Optuna storage URL [default: (run) the sweep file's storage.url, else "
+                             "$VITSWEEP_STORAGE, else sqlite:///storage/optuna.db]."),
 ]
 
 
@@ -134,7 +135,8 @@ def run(
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", help="The study's total trials (all workers).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes sharing the study.")] = 1,
     storage: StorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off).")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off) "
+                            "[default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db].")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no new trial after this many seconds.")] = None,
 ) -> None:
     """Run (or continue) a sweep: a line per trial, then the best trial and counts by state."""
@@ -154,9 +156,9 @@ def trials(
 ) -> None:
     """Table of a study's trials: state, value, epochs, params, failure reason."""
     from vitsweep.study import show_trials
-    from vitsweep.sweep import DEFAULT_STORAGE
+    from vitsweep.sweep import storage_url
 
-    show_trials(study, storage or DEFAULT_STORAGE, csv)
+    show_trials(study, storage_url(storage), csv)
 
 
 @app.command()
@@ -205,22 +207,22 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard on the sweep storage."""
     from vitsweep.study import dashboard as serve
-    from vitsweep.sweep import DEFAULT_STORAGE
+    from vitsweep.sweep import storage_url
 
-    serve(storage or DEFAULT_STORAGE, host, port)
+    serve(storage_url(storage), host, port)
 
 
 @app.command()
 def ui(
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="[default: sqlite:///storage/mlflow.db]")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="[default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]")] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 5000,
 ) -> None:
     """Serve the MLflow UI (and REST API) on the sweeps' tracking store."""
     from vitsweep.study import ui as serve
-    from vitsweep.sweep import DEFAULT_TRACKING
+    from vitsweep.sweep import tracking_uri as resolve_tracking
 
-    raise typer.Exit(serve(tracking_uri or DEFAULT_TRACKING, host, port))
+    raise typer.Exit(serve(resolve_tracking(tracking_uri), host, port))
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001

@@ -473,9 +473,8 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
     """``vitsweep promote``. ``on_epoch(run_name, epoch, metrics)`` is called after each epoch is
     recorded (tests interrupt a run from it)."""
     from vitsweep import console
-    from vitsweep.checkpoint import tracking_uri_or_default
     from vitsweep.study import sweep_of
-    from vitsweep.sweep import DEFAULT_STORAGE
+    from vitsweep.sweep import storage_url, tracking_uri as resolve_tracking
 
     t0 = time.perf_counter()
     for name, v, low in (("--top", top, 1), ("--epochs", epochs, 1), ("--seeds", seeds, 1)):
@@ -485,7 +484,7 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
         raise VitsweepError(f"--patience {patience}: must be >= 1 epoch")
     if min_delta is not None and not (0 <= min_delta < 1):
         raise VitsweepError(f"--min-delta {min_delta}: must be in [0, 1) (validation accuracy)")
-    storage = storage or DEFAULT_STORAGE
+    storage = storage_url(storage)
     st = choose_study(study, storage, out)
     sel = select_trials(st, top)
     for line in sel.lines:
@@ -502,7 +501,7 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
                             f"wait for it to finish") from None
     try:
         sweep = sweep_of(st)
-        uri = tracking_uri_or_default(tracking_uri)
+        uri = resolve_tracking(tracking_uri)
         ml = _Mlflow(uri, sweep.tracking.experiment or sel.study, sweep.tracking.artifacts, sel.study)
         ml.start_parent({"vitsweep.top": str(top), "vitsweep.epochs": str(epochs), "vitsweep.seeds": str(seeds),
                          "vitsweep.patience": str(patience), "vitsweep.min_delta": str(min_delta),

@@ -470,13 +470,12 @@ def write_report(study: str | None = None, storage: str | None = None, tracking_
                  out: str | Path | None = None, promote_dir: str | Path | None = None,
                  echo: Out = _print, warn: Out = _warn) -> ReportResult:
     """``vitsweep report``: write the page, log it to MLflow, say where it is."""
-    from vitsweep.checkpoint import tracking_uri_or_default
     from vitsweep.promote import DEFAULT_OUT
     from vitsweep.study import load_study
-    from vitsweep.sweep import DEFAULT_STORAGE
+    from vitsweep.sweep import storage_url, tracking_uri as resolve_tracking
 
     t0 = time.perf_counter()
-    storage = storage or DEFAULT_STORAGE
+    storage = storage_url(storage)
     st = load_study(study, storage)
     if not st.get_trials(deepcopy=False):
         raise VitsweepError(f"study {st.study_name} in {storage} has no trials yet; nothing to report")
@@ -492,7 +491,7 @@ def write_report(study: str | None = None, storage: str | None = None, tracking_
     os.replace(tmp, path)
 
     warns: list[str] = []
-    run_id, why = log_to_mlflow(path, st, tracking_uri_or_default(tracking_uri))
+    run_id, why = log_to_mlflow(path, st, resolve_tracking(tracking_uri))
     if why:
         warns.append(why)
         warn(why)

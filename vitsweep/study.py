@@ -640,6 +640,9 @@ def ui(tracking_uri: str = DEFAULT_TRACKING, host: str = "127.0.0.1", port: int 
     """``vitsweep ui``: the real MLflow server (UI + REST API) on the tracking store (blocks)."""
     import subprocess
 
+    if tracking_uri.startswith(("http://", "https://")):
+        raise VitsweepError(f"the tracking store {tracking_uri} is an MLflow server already: open it in a "
+                            f"browser (its UI is at that address), or pass --tracking-uri with a database URI")
     path = sqlite_path(tracking_uri)
     if path is not None and not path.is_file():
         raise VitsweepError(f"no MLflow store at {tracking_uri} ({path} does not exist); run a sweep first")

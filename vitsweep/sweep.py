@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,26 @@ DEFAULT_STORAGE = "sqlite:///storage/optuna.db"
 DEFAULT_TRACKING = "sqlite:///storage/mlflow.db"
 DEFAULT_ARTIFACTS = "storage/mlartifacts"
 DEFAULT_TRIALS_DIR = "storage/trials"
+STORAGE_ENV = "VITSWEEP_STORAGE"  # like MLflow's MLFLOW_TRACKING_URI, for the Optuna storage
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
+def storage_url(given: str | None = None) -> str:
+    """The Optuna storage of commands that take ``--storage``: ``--storage``, else
+    ``$VITSWEEP_STORAGE``, else ``sqlite:///storage/optuna.db``. A bad URL is a ConfigError."""
+    if given is not None:
+        _check_url(given, "--storage")
+        return given
+    env = os.environ.get(STORAGE_ENV)
+    if env:
+        _check_url(env, f"${STORAGE_ENV}")
+        return env
+    return DEFAULT_STORAGE
+
+
+def tracking_uri(given: str | None = None) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///storage/mlflow.db``."""
+    return given or os.environ.get(TRACKING_ENV) or DEFAULT_TRACKING
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +170,7 @@ class SweepConfig:
                 raise ConfigError(f"--timeout {timeout}: must be > 0 seconds")
             study = dataclasses.replace(study, timeout=timeout)
         if storage is not None:
-            _check_url(storage, "--storage", [])
+            _check_url(storage, "--storage")
             st = dataclasses.replace(st, url=storage)
         if tracking_uri is not None:
             tr = dataclasses.replace(tr, uri=tracking_uri)
@@ -181,8 +202,15 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
     study = _section("study", StudySpec, study_raw, errors)
     sampler = _section("sampler", SamplerSpec, _mapping(raw, "sampler", errors), errors)
     pruner = _section("pruner", PrunerSpec, _mapping(raw, "pruner", errors), errors)
-    storage = _section("storage", StorageSpec, _mapping(raw, "storage", errors), errors)
-    tracking = _section("tracking", TrackingSpec, _mapping(raw, "tracking", errors), errors)
+    # Where the file names no store, the environment may: $VITSWEEP_STORAGE, $MLFLOW_TRACKING_URI.
+    storage_raw, tracking_raw = dict(_mapping(raw, "storage", errors)), dict(_mapping(raw, "tracking", errors))
+    url_from = "storage.url"
+    if "url" not in storage_raw and os.environ.get(STORAGE_ENV):
+        storage_raw["url"], url_from = os.environ[STORAGE_ENV], f"${STORAGE_ENV}"
+    if "uri" not in tracking_raw and os.environ.get(TRACKING_ENV):
+        tracking_raw["uri"] = os.environ[TRACKING_ENV]
+    storage = _section("storage", StorageSpec, storage_raw, errors)
+    tracking = _section("tracking", TrackingSpec, tracking_raw, errors)
     trials = _section("trials", TrialsSpec, _mapping(raw, "trials", errors), errors)
 
     if study is not None:
@@ -214,7 +242,7 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
         if pruner.reduction_factor < 2:
             errors.append(f"pruner.reduction_factor = {pruner.reduction_factor}: must be >= 2")
     if storage is not None:
-        _check_url(storage.url, "storage.url", errors)
+        _check_url(storage.url, url_from, errors)
         if storage.heartbeat_interval < 1:
             errors.append(f"storage.heartbeat_interval = {storage.heartbeat_interval}: must be >= 1 second")
         if storage.grace_period is not None and storage.grace_period <= storage.heartbeat_interval:
@@ -498,11 +526,13 @@ def _section(name: str, cls: type, given: dict[str, Any], errors: list[str]) -> 
     return cls(**kwargs)
 
 
-def _check_url(url: str, where: str, errors: list[str]) -> None:
+def _check_url(url: str, where: str, errors: list[str] | None = None) -> None:
+    """Append the problem to ``errors``, or raise it when there is no list to collect it in."""
     if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        errors.append(f"{where} = {url!r}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://...")
-        if where.startswith("--"):
-            raise ConfigError(errors[-1])
+        msg = f"{where} = {url!r}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..."
+        if errors is None:
+            raise ConfigError(msg)
+        errors.append(msg)
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
