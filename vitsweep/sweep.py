@@ -39,6 +39,7 @@ DEFAULT_STORAGE = "sqlite:///storage/optuna.db"
 DEFAULT_TRACKING = "sqlite:///storage/mlflow.db"
 DEFAULT_ARTIFACTS = "storage/mlartifacts"
 DEFAULT_TRIALS_DIR = "storage/trials"
+METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
 STORAGE_ENV = "VITSWEEP_STORAGE"  # like MLflow's MLFLOW_TRACKING_URI, for the Optuna storage
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
@@ -59,7 +60,7 @@ def storage_url(given: str | None = None) -> str:
 def tracking_uri(given: str | None = None) -> str:
     """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///storage/mlflow.db``."""
     return given or os.environ.get(TRACKING_ENV) or DEFAULT_TRACKING
-METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
+
 
 # ---------------------------------------------------------------------------------------------
 # The frozen result
@@ -202,13 +203,14 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
     study = _section("study", StudySpec, study_raw, errors)
     sampler = _section("sampler", SamplerSpec, _mapping(raw, "sampler", errors), errors)
     pruner = _section("pruner", PrunerSpec, _mapping(raw, "pruner", errors), errors)
-    # Where the file names no store, the environment may: $VITSWEEP_STORAGE, $MLFLOW_TRACKING_URI.
+    # Where the file names no store, the commands' own defaults apply (environment, then SQLite).
     storage_raw, tracking_raw = dict(_mapping(raw, "storage", errors)), dict(_mapping(raw, "tracking", errors))
-    url_from = "storage.url"
-    if "url" not in storage_raw and os.environ.get(STORAGE_ENV):
-        storage_raw["url"], url_from = os.environ[STORAGE_ENV], f"${STORAGE_ENV}"
-    if "uri" not in tracking_raw and os.environ.get(TRACKING_ENV):
-        tracking_raw["uri"] = os.environ[TRACKING_ENV]
+    if "url" not in storage_raw:
+        try:
+            storage_raw["url"] = storage_url()
+        except ConfigError as e:  # a bad $VITSWEEP_STORAGE: listed with the file's problems
+            errors.append(str(e))
+    tracking_raw.setdefault("uri", tracking_uri())
     storage = _section("storage", StorageSpec, storage_raw, errors)
     tracking = _section("tracking", TrackingSpec, tracking_raw, errors)
     trials = _section("trials", TrialsSpec, _mapping(raw, "trials", errors), errors)
@@ -242,7 +244,7 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
         if pruner.reduction_factor < 2:
             errors.append(f"pruner.reduction_factor = {pruner.reduction_factor}: must be >= 2")
     if storage is not None:
-        _check_url(storage.url, url_from, errors)
+        _check_url(storage.url, "storage.url", errors)
         if storage.heartbeat_interval < 1:
             errors.append(f"storage.heartbeat_interval = {storage.heartbeat_interval}: must be >= 1 second")
         if storage.grace_period is not None and storage.grace_period <= storage.heartbeat_interval:
