@@ -30,6 +30,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from vitsweep import placement
 from vitsweep import space as space_mod
 from vitsweep.errors import ConfigError, DataError, VitsweepError
 from vitsweep.distributed import budget_lock, check_tracking_server, create_or_load_study, make_storage
@@ -216,15 +217,21 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] |
         f"{sweep.sampler.name} sampler, {sweep.pruner.name} pruner, {sweep.epochs} epochs per trial, "
         f"{workers} worker(s)" + (f"; MLflow {sweep.tracking.uri} experiment {tracker.experiment_name}"
                                   if tracker.enabled else ""))
+    placements = placement.plan(workers, sweep.base.train.device)
+    for p in placements:
+        out(p.describe())
+    for warning in placement.warnings_for(placements, sweep.base.train.device):
+        out(f"warning: {warning}")
     interrupted = False
     try:
         if workers == 1:
-            worker(sweep, 0, parent, out)
+            worker(sweep, 0, parent, out, device=_override(placements[0], sweep))
         else:
             ctx = multiprocessing.get_context("spawn")
-            procs = [ctx.Process(target=_worker_entry, args=(sweep, i, parent), daemon=False) for i in range(workers)]
-            for p in procs:
-                p.start()
+            procs = [ctx.Process(target=_worker_entry, args=(sweep, p, parent), daemon=False) for p in placements]
+            for p, where in zip(procs, placements):
+                with placement.started_with(where):  # thread variables set before torch loads in the worker
+                    p.start()
             try:
                 for p in procs:
                     p.join()
@@ -258,9 +265,17 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] |
     return summary
 
 
-def _worker_entry(sweep: SweepConfig, index: int, parent: str | None) -> None:
+def _override(where: placement.Placement, sweep: SweepConfig) -> str | None:
+    """The device a worker's trials train on, where the plan differs from the trainer config's."""
+    return where.device if where.device != sweep.base.train.device else None
+
+
+def _worker_entry(sweep: SweepConfig, where: placement.Placement, parent: str | None) -> None:
+    index = where.index
+    placement.apply(where)
+    _print(f"[w{index}] {where.describe()}")
     try:
-        worker(sweep, index, parent, _print, tag=f"[w{index}] ")
+        worker(sweep, index, parent, _print, tag=f"[w{index}] ", device=_override(where, sweep))
     except KeyboardInterrupt:
         sys.exit(130)
     except VitsweepError as e:
@@ -311,8 +326,9 @@ class _TrialFailed(Exception):
 
 
 def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
-           out: Callable[[str], None] | None = None, tag: str = "") -> int:
-    """Run trials of the sweep's study until its budget is used up; returns the trials this worker ran."""
+           out: Callable[[str], None] | None = None, tag: str = "", device: str | None = None) -> int:
+    """Run trials of the sweep's study until its budget is used up; returns the trials this worker ran.
+    ``device`` (from the worker placement plan) replaces the trials' ``train.device``."""
     from vitsweep.data import load_data
     from vitsweep.device import resolve_device
 
@@ -327,7 +343,7 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
     study = optuna.load_study(study_name=sweep.study.name, storage=storage, sampler=build_sampler(sweep, seed),
                               pruner=build_pruner(sweep))
     lock = budget_lock(st.url, sweep.study.name)
-    objective = _Objective(sweep, tracker, parent_run_id, lock)
+    objective = _Objective(sweep, tracker, parent_run_id, lock, device)
     deadline = None if sweep.study.timeout is None else time.monotonic() + sweep.study.timeout
     ran = 0
 
@@ -344,7 +360,7 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                 f, r, w = _budget(study)
                 if w or f + r < sweep.study.n_trials:
                     # Memoized: decoded once per process, before its first trial (a DataError stops the sweep).
-                    load_data(sweep.base.data, resolve_device(sweep.base.train.device))
+                    load_data(sweep.base.data, resolve_device(device or sweep.base.train.device))
                     loaded = True
             lock.acquire()
             finished, running, waiting = _budget(study)
@@ -369,8 +385,9 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
 
 
 class _Objective:
-    def __init__(self, sweep: SweepConfig, tracker: Tracker, parent: str | None, lock: Any):
-        self.sweep, self.tracker, self.parent, self.lock = sweep, tracker, parent, lock
+    def __init__(self, sweep: SweepConfig, tracker: Tracker, parent: str | None, lock: Any,
+                 device: str | None = None):
+        self.sweep, self.tracker, self.parent, self.lock, self.device = sweep, tracker, parent, lock, device
         self.metric = sweep.study.metric
         self.maximize = sweep.study.direction == "maximize"
 
@@ -395,6 +412,8 @@ class _Objective:
                 if run_id:
                     trial.set_user_attr(RUN_ATTR, run_id)
                 raise _TrialFailed(f"bad sampled combination: {_one_line(e)}") from None
+            if self.device is not None:
+                config = config.replace(**{"train.device": self.device})
             run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, config, trial.params)
             attrs = {"run_dir": str(run_dir)} if config.train.checkpoint else {}
             if run_id:
