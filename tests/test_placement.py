@@ -77,3 +77,30 @@ def test_started_with_sets_then_restores_the_thread_variables(monkeypatch):
     with placement.started_with(placement.plan(2, "auto", gpus=0, cores=[0, 1])[1]):
         assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "1"
     assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "promote"])
+def test_threads_option_is_checked(command, capsys):
+    from tests.helpers import cli
+
+    args = {"train": ["train", "missing.yaml"], "evaluate": ["evaluate", "missing.pt"],
+            "promote": ["promote", "--top", "1", "--epochs", "2"]}[command]
+    code, _, err = cli(*args, "--threads", "0", capsys=capsys)
+    assert code == 2 and "--threads 0: must be >= 1" in err
+
+
+def test_train_threads_sets_torch_threads(capsys, tmp_path):
+    import torch
+
+    from tests.helpers import cli
+
+    before = torch.get_num_threads()
+    try:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("data: {source: synthetic, synthetic_train: 200, synthetic_test: 50, val_size: 50}\n"
+                       "model: {preset: custom, dim: 16, depth: 1, heads: 2, patch_size: 8}\n"
+                       "train: {epochs: 1, batch_size: 64, device: cpu, checkpoint: false}\n")
+        code, out, _ = cli("train", str(cfg), "--threads", "1", capsys=capsys)
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -403,8 +403,9 @@ class Schedule:
         epochs = tc.epochs - state["epoch"]
         if tc.time_limit is not None:
             epochs = min(epochs, max(0.0, (tc.time_limit - state["elapsed"]) / max(train_time, 1e-9)))
-        sizes = {self.image_size(self.progress(e, state["elapsed"], state))
-                 for e in range(state["epoch"] + 1, tc.epochs + 1)} if not self.by_time else {size, self.full_size}
+        if self.by_time:  # every patch multiple from here to full size may come
+            return epochs, (self.full_size - size) // self.patch + 1
+        sizes = {self.image_size(self.progress(e, 0.0, state)) for e in range(state["epoch"] + 1, tc.epochs + 1)}
         return epochs, len(sizes)
 
 
