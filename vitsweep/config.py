@@ -101,7 +101,7 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    policy: Literal["none", "basic", "extended", "randaugment"] = "basic"
+    policy: Literal["none", "basic", "extended", "randaugment", "autoaugment"] = "basic"
     crop_padding: int = 4  # random crop with this zero padding (all policies but none)
     flip: bool = True  # random horizontal flip (all policies but none)
     jitter: float = 0.4  # extended: brightness/contrast/saturation strength
