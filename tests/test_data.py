@@ -83,3 +83,33 @@ def test_cifar10_offline_gives_a_clear_error(tmp_path, monkeypatch):
         load_data(data_cfg(source="cifar10", root=str(tmp_path / "cifar")))
     msg = str(e.value)
     assert "could not be downloaded" in msg and "cifar-10-batches-py" in msg and "data.source=imagefolder" in msg
+
+
+def test_imagefolder_refuses_an_empty_class_folder(tmp_path):
+    make_imagefolder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "train" / "bird").mkdir()  # a class with no images
+    (tmp_path / "imgs" / "test" / "bird").mkdir()
+    with pytest.raises(DataError, match=r"train/bird/ has no images: a model would never see that class"):
+        load_data(data_cfg(source="imagefolder", root=str(tmp_path / "imgs"), val_size=6))
+
+
+def test_imagefolder_refuses_a_single_class(tmp_path):
+    make_imagefolder(tmp_path / "imgs", classes=("cat",))
+    with pytest.raises(DataError, match=r"train/ has 1 class folder\(s\) \(cat\); classification needs at least 2"):
+        load_data(data_cfg(source="imagefolder", root=str(tmp_path / "imgs"), val_size=6))
+
+
+def test_imagefolder_refuses_a_symlink_loop(tmp_path):
+    make_imagefolder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "train" / "cat" / "loop").symlink_to(tmp_path / "imgs" / "train")
+    with pytest.raises(DataError, match=r"cat/loop leads to .* again \(a symlink loop"):
+        load_data(data_cfg(source="imagefolder", root=str(tmp_path / "imgs"), val_size=6))
+
+
+def test_imagefolder_follows_a_plain_symlinked_class_folder(tmp_path):
+    make_imagefolder(tmp_path / "imgs")
+    real = tmp_path / "elsewhere"
+    (tmp_path / "imgs" / "train" / "ship").rename(real)
+    (tmp_path / "imgs" / "train" / "ship").symlink_to(real)
+    data = load_data(data_cfg(source="imagefolder", root=str(tmp_path / "imgs"), val_size=6))
+    assert len(data.train_y) + len(data.val_y) == 36 and data.classes == ["cat", "dog", "ship"]

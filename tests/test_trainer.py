@@ -167,3 +167,60 @@ def test_cli_train_sigkill_then_resume_matches_uninterrupted(tmp_path):
     full, resumed = load_checkpoint("full/last.pt"), load_checkpoint("killed/last.pt")
     assert [h["val_acc"] for h in full["state"]["history"]] == [h["val_acc"] for h in resumed["state"]["history"]]
     assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
+
+
+def test_cli_train_says_when_no_checkpoint_was_written_and_a_divergence_fails(tmp_path, capsys):
+    from tests.helpers import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {source: synthetic, synthetic_train: 300, synthetic_test: 50, val_size: 60}\n"
+                   "model: {preset: custom, dim: 16, depth: 1, heads: 2, patch_size: 8}\n"
+                   "train: {epochs: 1, batch_size: 64, device: cpu, checkpoint: false}\n")
+    code, out, _ = cli("train", str(cfg), "--run-dir", "r", capsys=capsys)
+    assert code == 0 and "checkpoint:   none written (train.checkpoint: false)" in out and "--resume" not in out
+    code, out, err = cli("train", str(cfg), "--run-dir", "d", "--set", "optimizer.lr=1e6", "--set", "optimizer.grad_clip=null",
+                         "--set", "train.checkpoint=true", "--set", "schedule.warmup_epochs=0", capsys=capsys)
+    assert code == 1 and "stopped: diverged" in out and "error: training diverged" in err
+    assert "best.pt" not in out
+
+
+def test_cli_train_interrupted_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    from tests.helpers import cli
+    from vitsweep import trainer
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {source: synthetic, synthetic_train: 300, synthetic_test: 50, val_size: 60}\n"
+                   "model: {preset: custom, dim: 16, depth: 1, heads: 2, patch_size: 8}\n"
+                   "train: {epochs: 3, batch_size: 64, device: cpu}\n")
+    real = trainer.train
+
+    def interrupted(config, on_epoch=None, **kw):
+        def stop(epoch, metrics):
+            on_epoch(epoch, metrics)
+            raise KeyboardInterrupt
+        return real(config, stop, **kw)
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    code, _, err = cli("train", str(cfg), "--run-dir", "r", capsys=capsys)
+    assert code == 130 and "continue with  vitsweep train --resume r" in err
+
+
+def test_train_smoke_header_suggestions_work_without_the_data_folder(capsys):
+    """Every `vitsweep train sweeps/train_smoke.yaml --set data.source=synthetic ...` line in the
+    file's header runs as written (here for a fraction of an epoch's worth of images)."""
+    import shlex
+    from pathlib import Path
+
+    from tests.helpers import cli
+
+    path = Path(__file__).resolve().parents[1] / "sweeps" / "train_smoke.yaml"
+    lines = [ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if "data.source=synthetic" in ln
+             and ln.lstrip("# ").startswith("vitsweep train")]
+    assert lines
+    for line in lines:
+        args = shlex.split(line)[1:]
+        args[1] = str(path)
+        code, out, err = cli(*args, "--set", "train.device=cpu", "--set", "model.depth=1", "--run-dir", "r",
+                             capsys=capsys)
+        assert code == 0, err
+        assert "stopped: completed after 1 epoch(s)" in out

@@ -80,8 +80,19 @@ def train(
     elif run_dir is None:
         run_dir = Path("storage/runs") / f"{(config or Path('run')).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     console.err(("resuming " if resume else "training ") + console.describe(cfg) + f"\nrun dir: {run_dir}")
-    result = run_train(cfg, console.epoch_line(cfg.train.epochs), run_dir=run_dir, resume=resume is not None, progress=True)
+    try:
+        result = run_train(cfg, console.epoch_line(cfg.train.epochs), run_dir=run_dir, resume=resume is not None,
+                           progress=True)
+    except KeyboardInterrupt:
+        resumable = cfg.train.checkpoint and (run_dir / "last.pt").is_file()
+        console.err("\ninterrupted" + (f": continue with  vitsweep train --resume {run_dir}" if resumable else
+                                        " before the first epoch's checkpoint: nothing to resume"))
+        raise typer.Exit(130) from None
     print(console.summary(result))
+    if result.stop_reason == "diverged":
+        console.err(f"error: training diverged (a non-finite loss at epoch {result.epochs_run}); lower optimizer.lr, "
+                    f"or keep optimizer.grad_clip on")
+        raise typer.Exit(1)
 
 
 RefArgument = Annotated[str, typer.Argument(

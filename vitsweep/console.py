@@ -39,6 +39,9 @@ def summary(r: TrainResult) -> str:
              f"best val acc: {r.best_val_acc:.2%} (epoch {r.best_epoch})"]
     if r.test is not None:
         lines.append(f"test acc:     {r.test.acc:.2%} (loss {r.test.loss:.4f}, best checkpoint)")
-    if r.run_dir is not None:
-        lines.append(f"checkpoint:   {r.run_dir / 'best.pt'}  (resume: --resume {r.run_dir})")
+    if r.run_dir is not None and (r.run_dir / "best.pt").is_file():
+        lines.append(f"checkpoint:   {r.run_dir / 'best.pt'}")
+    elif r.run_dir is not None:
+        lines.append("checkpoint:   none written" + (" (train.checkpoint: false)" if not (r.run_dir / "config.yaml").is_file()
+                                                     else " (no epoch finished with a finite loss)"))
     return "\n".join(lines)

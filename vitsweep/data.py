@@ -176,7 +176,7 @@ def _cifar10(cfg: DataConfig) -> _Source:
 
 
 def _imagefolder(cfg: DataConfig) -> _Source:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import find_classes
 
     root = Path(cfg.root)
     layout = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image>"
@@ -190,20 +190,51 @@ def _imagefolder(cfg: DataConfig) -> _Source:
         raise DataError(f"data.root = {root}: {e} ({layout})") from None
     if test_classes != classes:
         raise DataError(f"data.root = {root}: train/ has classes {classes} but test/ has {test_classes}")
+    if len(classes) < 2:
+        raise DataError(f"data.root = {root}: train/ has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
+                        f"classification needs at least 2 ({layout})")
     splits = {}
     for split in ("train", "test"):
-        samples = make_dataset(str(root / split), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        samples = _scan(root / split, class_to_idx)
         if not samples:
             raise DataError(f"data.root = {root}: no images in {split}/ ({layout})")
-        paths = [p for p, _ in samples]
         labels = torch.tensor([c for _, c in samples])
-        splits[split] = (paths, labels)
+        empty = [c for i, c in enumerate(classes) if not (labels == i).any()]
+        if empty:
+            raise DataError(f"data.root = {root}: {', '.join(f'{split}/{c}/' for c in empty)} "
+                            f"{'has' if len(empty) == 1 else 'have'} no images: a model would never see "
+                            f"{'that class' if len(empty) == 1 else 'those classes'}; add images or remove the folder(s)")
+        splits[split] = ([p for p, _ in samples], labels)
 
     def decoder(split: str) -> Callable[[torch.Tensor], torch.Tensor]:
         paths = splits[split][0]
         return lambda idx: _decode_cached([paths[i] for i in idx.tolist()], root, cfg)
 
     return _Source(splits["train"][1], splits["test"][1], classes, decoder("train"), decoder("test"))
+
+
+def _scan(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """(path, class index) of every image under ``split_dir/<class>/``, in torchvision's
+    ``make_dataset`` order (classes sorted, then folders, then files). Symlinks are followed, but a
+    folder reached twice (a symlink loop, or a second link to the same folder) is refused: it would
+    count the same images again, under the wrong class for a loop to the parent."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    out: list[tuple[str, int]] = []
+    for cls in sorted(class_to_idx):
+        seen = {os.path.realpath(split_dir): str(split_dir)}  # a link up to the split folder is a loop too
+        walked = []
+        for dirpath, _, fnames in os.walk(split_dir / cls, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                raise DataError(f"{dirpath} leads to {seen[real]} again (a symlink loop, or a second link to the same "
+                                f"folder): its images would be counted twice; remove the link")
+            seen[real] = dirpath
+            walked.append((dirpath, fnames))
+        for dirpath, fnames in sorted(walked):
+            out.extend((os.path.join(dirpath, f), class_to_idx[cls]) for f in sorted(fnames)
+                       if has_file_allowed_extension(f, IMG_EXTENSIONS))
+    return out
 
 
 def _decode_cached(paths: list[str], root: Path, cfg: DataConfig) -> torch.Tensor:
