@@ -5,7 +5,7 @@ from vitsweep.cli import app
 from vitsweep.config import DEFAULT_BETAS, build_config, load_config, parse_overrides
 from vitsweep.errors import ConfigError
 
-from .conftest import TINY, tiny_config
+from tests.helpers import TINY, tiny_config
 
 
 def errors_of(raw, overrides=None) -> str:

@@ -19,10 +19,13 @@ from optuna.trial import TrialState
 
 from tests.helpers import cli
 from vitsweep.errors import VitsweepError
-from vitsweep.promote import KIND_PARENT, KIND_RUN, TAG_SOURCE, promote, select_trials
-from vitsweep.study import SWEEP_ATTR, _stored_sweep, load_study, open_storage
-from vitsweep.sweep import build_sweep
-from vitsweep.tracking import RUN_ATTR, Tracker
+from vitsweep.promote.retrain import promote
+from vitsweep.promote.select import select_trials
+from vitsweep.sweep.spec import build_sweep
+from vitsweep.sweep.storage import load_study, open_storage
+from vitsweep.sweep.study import record_sweep
+from vitsweep.tracking.runs import Tracker
+from vitsweep.tracking.tags import KIND_PARENT, KIND_RUN, RUN_ATTR, TAG_SOURCE
 
 TRAINER: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic_train": 256, "synthetic_test": 60, "val_size": 64},
@@ -48,7 +51,7 @@ def make_study(name: str, trials: list[tuple[TrialState, float | None, dict[str,
            "space": copy.deepcopy(SPACE)}
     sweep = build_sweep(raw, source="tests")
     study = optuna.create_study(study_name=name, storage=open_storage(STORAGE, create=True), direction="maximize")
-    study.set_user_attr(SWEEP_ATTR, _stored_sweep(sweep))
+    record_sweep(study, sweep)
     tracker = Tracker(TRACKING, name, "storage/mlartifacts")
     for number, (state, value, params) in enumerate(trials):
         rid = tracker.client.create_run(tracker.experiment_id, run_name=f"{name}-trial-{number}", tags={
@@ -233,7 +236,7 @@ def test_resume_after_interrupt_and_mlflow_records(capsys):
     assert Path("storage/promote/res/val_curves.html").read_text().count("<script") >= 1
 
     # A promoted run works with `vitsweep evaluate RUN_ID`.
-    from vitsweep.checkpoint import resolve_checkpoint
+    from vitsweep.models.inference import resolve_checkpoint
 
     assert resolve_checkpoint(nested[0].info.run_id, TRACKING, Path("dl")).is_file()
 

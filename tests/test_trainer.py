@@ -12,7 +12,7 @@ from vitsweep.errors import VitsweepError, VitsweepWarning
 from vitsweep.model import ViT
 from vitsweep.trainer import build_optimizer, load_model, lr_at, train
 
-from .conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_vit_shapes_and_no_decay_groups(tiny):
