@@ -48,6 +48,14 @@ TRAINER: dict[str, Any] = {
     "train": {"epochs": 3, "batch_size": 64, "device": "cpu"},
 }
 
+
+def trainer_dict(**sections: dict[str, Any]) -> dict[str, Any]:
+    """:data:`TRAINER` with some sections' keys replaced: ``trainer_dict(train={"epochs": 2})``."""
+    out = copy.deepcopy(TRAINER)
+    for name, keys in sections.items():
+        out[name] = {**out.get(name, {}), **keys}
+    return out
+
 SPACE = {
     "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw"]},
     "lr": {"path": "optimizer.lr", "low": 3e-4, "high": 1e-2, "log": True},
@@ -108,7 +116,7 @@ def wait_for_first_report(study: str, url: str, proc: subprocess.Popen, timeout:
         try:
             trials = load_study(study, url).get_trials()
         except Exception:  # noqa: BLE001 - not created yet
-            continue
+            trials = []
         if trials and trials[0].intermediate_values:
             return
         assert proc.poll() is None, proc.communicate()[0]

@@ -25,7 +25,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers import spawn_cli, spawn_sweep, sweep_dict, wait_for_first_report
+from tests.helpers import spawn_cli, spawn_sweep, sweep_dict, trainer_dict, wait_for_first_report
 from vitsweep.sweep.spec import build_sweep
 from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.study import sweep_of
@@ -34,14 +34,8 @@ from vitsweep.tracking.tags import RUN_ATTR
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
 PG_VERSION = (sorted(os.listdir("/etc/postgresql")) or ["15"])[-1] if os.path.isdir("/etc/postgresql") else "15"
-FAST = {  # about a second per trial on a CPU
-    "data": {"source": "synthetic", "synthetic_train": 200, "synthetic_test": 20, "val_size": 50},
-    "model": {"preset": "custom", "dim": 16, "depth": 1, "heads": 2, "patch_size": 8, "mlp_ratio": 2.0,
-              "drop_path": 0.0},
-    "optimizer": {"name": "adamw", "lr": 3e-3},
-    "schedule": {"warmup_epochs": 0},
-    "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
-}
+FAST = trainer_dict(data={"synthetic_train": 200, "synthetic_test": 20, "val_size": 50},  # ~1 s a trial on a CPU
+                    model={"dim": 16}, train={"epochs": 2})
 
 
 def _pg_error() -> str | None:

@@ -188,7 +188,12 @@ def test_environment_names_the_stores_a_sweep_file_leaves_out(tmp_path, monkeypa
     code, out, err = cli("trials", capsys=capsys)  # no --storage: $VITSWEEP_STORAGE
     assert code == 0 and "s" in out and out.count("COMPLETE") + out.count("PRUNED") >= 2, (out, err)
 
-    # What the file says wins over the environment; a bad value names where it came from.
+
+def test_the_sweep_file_wins_over_the_environment_and_a_bad_value_names_its_source(tmp_path, monkeypatch, capsys):
+    raw = sweep_dict(tmp_path, n_trials=2)
+    del raw["storage"]["url"], raw["tracking"]["uri"]
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("VITSWEEP_STORAGE", f"sqlite:///{tmp_path}/env-optuna.db")
     raw["storage"]["url"] = f"sqlite:///{tmp_path}/file.db"
     assert build_sweep(raw).storage.url == f"sqlite:///{tmp_path}/file.db"
     monkeypatch.setenv("VITSWEEP_STORAGE", "postgres://host/db")

@@ -4,7 +4,7 @@
 PostgreSQL: a session-level advisory lock (``pg_advisory_lock``) on a connection of its own, so
 workers on any number of hosts never start more than ``n_trials`` trials. SQLite: a file lock
 beside the database (one machine). Both are context managers (``with budget_lock(...) as lock``
-closes it) and ``lock.held()`` holds it for a block; ``release`` may end the hold early and is
+closes it) and ``lock.holding()`` holds it for a block; ``release`` may end the hold early and is
 idempotent.
 """
 
@@ -27,7 +27,7 @@ from vitsweep.sweep.retry import with_retries
 
 
 class _Lock:
-    """What both budget locks share: ``with lock:`` closes it, ``with lock.held():`` holds it."""
+    """What both budget locks share: ``with lock:`` closes it, ``with lock.holding():`` holds it."""
 
     def acquire(self) -> None:
         raise NotImplementedError
@@ -39,7 +39,7 @@ class _Lock:
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[_Lock]:
+    def holding(self) -> Iterator[_Lock]:
         self.acquire()
         try:
             yield self
@@ -138,7 +138,7 @@ class PgBudgetLock(_Lock):
 
 def budget_lock(url: str, study: str) -> FileBudgetLock | PgBudgetLock:
     """The study's budget lock for the storage at ``url``; use it as ``with budget_lock(...) as lock:``
-    (closed on exit), and ``with lock.held():`` around what must not run twice at once."""
+    (closed on exit), and ``with lock.holding():`` around what must not run twice at once."""
     return PgBudgetLock(url, study) if is_postgres(url) else FileBudgetLock(url, study)
 
 

@@ -57,7 +57,7 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                     # Memoized: decoded once per process, before its first trial (a DataError stops the sweep).
                     load_data(sweep.base.data, resolve_device(sweep.base.train.device))
                     loaded = True
-            with lock.held():
+            with lock.holding():
                 finished, running, waiting = budget(study)
                 full = waiting == 0 and finished + running >= sweep.study.n_trials
                 if not full:

@@ -93,7 +93,7 @@ def make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     if is_postgres(url):
         # Optuna creates its tables on first use: workers starting together on a new database would
         # race (CREATE TYPE ... duplicate key), so they take turns under an advisory lock.
-        with PgBudgetLock(url, "__optuna_schema__") as lock, lock.held():
+        with PgBudgetLock(url, "__optuna_schema__") as lock, lock.holding():
             return with_retries(RetryingRDBStorage, "connect")(url, engine_kwargs=dict(POOL), **kwargs)
     if not url.startswith("sqlite"):
         return optuna.storages.RDBStorage(url, **kwargs)

@@ -104,7 +104,7 @@ def set_up(sweep: SweepConfig, storage: optuna.storages.BaseStorage, tracker: Tr
     """Create or continue the study and its MLflow parent run: (study, parent run id). Under the
     budget lock, so that workers starting together (on any host, with PostgreSQL) create one study
     and one parent run."""
-    with budget_lock(sweep.storage.url, sweep.study.name) as lock, lock.held():
+    with budget_lock(sweep.storage.url, sweep.study.name) as lock, lock.holding():
         study = create_or_load_study(sweep.study.name, storage, sweep.study.direction)
         record_sweep(study, sweep)
         if study.direction.name.lower() != sweep.study.direction:
