@@ -31,8 +31,8 @@ EPOCHS = 3
 
 
 def trivial_train(epoch_s: float):
-    """A stand-in for ``vitsweep.trainer.train``: same signature and result, no computing."""
-    from vitsweep.trainer import TrainResult
+    """A stand-in for ``vitsweep.train.loop.train``: same signature and result, no computing."""
+    from vitsweep.train.loop import TrainResult
 
     def train(config, on_epoch=None, *, run_dir=None, resume=False, progress=False, data=None):
         t0 = time.perf_counter()

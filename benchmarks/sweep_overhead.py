@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from vitsweep.data import load_data
-from vitsweep.device import resolve_device
+from vitsweep.train.data import load_data
+from vitsweep.train.device import resolve_device
 from vitsweep.sweep.runner import run_sweep
 from vitsweep.sweep.space import config_for_params
 from vitsweep.sweep.spec import PrunerSpec, load_sweep
 from vitsweep.sweep.storage import load_study
-from vitsweep.trainer import train
+from vitsweep.train.loop import train
 
 
 class TimedTrain:

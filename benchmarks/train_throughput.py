@@ -21,11 +21,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from vitsweep.config import build_config
-from vitsweep.data import load_data
-from vitsweep.device import resolve_device, synchronize
-from vitsweep.model import build_model
-from vitsweep.trainer import build_optimizer, train
+from vitsweep.train.config import build_config
+from vitsweep.train.data import load_data
+from vitsweep.train.device import resolve_device, synchronize
+from vitsweep.train.model import build_model
+from vitsweep.train.loop import build_optimizer, train
 
 
 class PILDataset(torch.utils.data.Dataset):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import tiny_config
-from vitsweep.config import Config
+from vitsweep.train.config import Config
 
 @pytest.fixture
 def tiny() -> Config:

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from vitsweep.checkpoint import load_checkpoint, save_atomic
+from vitsweep.train.checkpoint import load_checkpoint, save_atomic
 from vitsweep.cli import main
-from vitsweep.config import Config, build_config
+from vitsweep.train.config import Config, build_config
 from vitsweep.sweep.spec import load_sweep
 from vitsweep.sweep.storage import load_study
-from vitsweep.trainer import TrainResult
+from vitsweep.train.loop import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def wait_for_first_report(study: str, url: str, proc: subprocess.Popen, timeout:
 
 
 class PacedTrain:
-    """``vitsweep.trainer.train``'s signature and result without computing: each epoch sleeps
+    """``vitsweep.train.loop.train``'s signature and result without computing: each epoch sleeps
     ``epoch_s`` and reports a val_acc that depends on the lr and grows with epochs. With a
     ``run_dir`` it writes ``last.pt`` each epoch as the trainer does (model and config inside, the
     epochs so far in ``state``), and ``resume`` continues from it. Picklable, for worker processes."""

@@ -14,7 +14,7 @@ from tests.helpers import cli
 from vitsweep.models.inference import resolve_checkpoint
 from vitsweep.tracking.artifacts import log_checkpoint
 from vitsweep.tracking.tags import CHECKPOINT_ARTIFACT
-from vitsweep.config import build_config
+from vitsweep.train.config import build_config
 from vitsweep.errors import VitsweepError
 
 CFG = {
@@ -30,7 +30,7 @@ N_TEST, N_CLASSES = 60, 10
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory) -> Path:
     """A best.pt of a tiny ViT trained 2 epochs on synthetic data (about a second)."""
-    from vitsweep.trainer import train
+    from vitsweep.train.loop import train
 
     run_dir = tmp_path_factory.mktemp("run") / "tiny-run"
     train(build_config(CFG, source="tests"), run_dir=run_dir)
@@ -131,7 +131,7 @@ def test_bench_bad_batch_sizes(capsys):
 def test_export_onnx_matches_pytorch(ckpt, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from vitsweep.models.export import run_export
-    from vitsweep.trainer import load_model
+    from vitsweep.train.loop import load_model
 
     r = run_export(str(ckpt), "onnx", out=tmp_path / "ex")
     assert r.path == tmp_path / "ex" / "model.onnx" and r.max_abs_diff is not None and r.max_abs_diff <= 1e-4
@@ -149,7 +149,7 @@ def test_export_onnx_matches_pytorch(ckpt, tmp_path):
 
 
 def test_export_torchscript_loads_and_matches(ckpt, tmp_path, capsys):
-    from vitsweep.trainer import load_model
+    from vitsweep.train.loop import load_model
 
     code, out, err = cli("export", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "ts"), capsys=capsys)
     assert code == 0, err

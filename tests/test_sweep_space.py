@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from vitsweep.config import DEFAULT_BETAS
+from vitsweep.train.config import DEFAULT_BETAS
 from vitsweep.errors import ConfigError
 from tests.helpers import TRAINER
 from vitsweep.sweep.space import config_for_params, suggest

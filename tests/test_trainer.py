@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from vitsweep.checkpoint import load_checkpoint
+from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.errors import VitsweepError, VitsweepWarning
-from vitsweep.model import ViT
-from vitsweep.trainer import build_optimizer, load_model, lr_at, train
+from vitsweep.train.model import ViT
+from vitsweep.train.loop import build_optimizer, load_model, lr_at, train
 
 from tests.helpers import tiny_config
 

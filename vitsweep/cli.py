@@ -59,9 +59,9 @@ def train(
 ) -> None:
     """Train one ViT: a progress bar and a line per epoch, then best val and test accuracy."""
     from vitsweep import console
-    from vitsweep.config import load_config
+    from vitsweep.train.config import load_config
     from vitsweep.paths import RUNS_DIR
-    from vitsweep.trainer import train as run_train
+    from vitsweep.train.loop import train as run_train
 
     if config is None and resume is None:
         raise VitsweepError("give a config file (vitsweep train sweeps/train_smoke.yaml) or --resume RUN_DIR")

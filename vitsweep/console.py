@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from vitsweep.config import Config
-from vitsweep.trainer import TrainResult
+from vitsweep.train.config import Config
+from vitsweep.train.loop import TrainResult
 
 
 def say(line: str) -> None:

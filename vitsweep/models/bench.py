@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vitsweep.device import device_name, resolve_device, synchronize
+from vitsweep.train.device import device_name, resolve_device, synchronize
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import BENCH_DIR
 from vitsweep.models.inference import load_ref

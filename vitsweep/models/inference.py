@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from vitsweep.config import Config
+from vitsweep.train.config import Config
 from vitsweep.errors import VitsweepError
-from vitsweep.model import ViT
+from vitsweep.train.model import ViT
 from vitsweep.paths import tracking_uri as resolve_tracking
-from vitsweep.trainer import load_model
+from vitsweep.train.loop import load_model
 
 
 @dataclass

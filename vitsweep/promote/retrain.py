@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from vitsweep import console
-from vitsweep.config import Config, flatten
+from vitsweep.train.config import Config, flatten
 from vitsweep.errors import VitsweepError
 from vitsweep.models.evaluate import plot_confusion, write_confusion_csv
 from vitsweep.paths import PROMOTE_DIR, storage_url, tracking_uri as resolve_tracking
@@ -52,7 +52,7 @@ from vitsweep.sweep.locks import exclusive
 from vitsweep.sweep.study import sweep_of
 from vitsweep.tracking.registry import Promotion
 from vitsweep.tracking.tags import CHAMPION, TAG_RUN_DIR, TAG_SEED, TAG_SOURCE, TAG_STOP, TAG_TRIAL
-from vitsweep.trainer import RESUMABLE_CHANGES, TrainResult, train
+from vitsweep.train.loop import RESUMABLE_CHANGES, TrainResult, train
 
 DEFAULT_OUT = PROMOTE_DIR
 Out = Callable[[str], None]

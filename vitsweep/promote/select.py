@@ -14,7 +14,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from vitsweep.config import Config
+from vitsweep.train.config import Config
 from vitsweep.errors import VitsweepError
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import latest_study, load_study, open_storage

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import optuna
 
-from vitsweep.config import Config
+from vitsweep.train.config import Config
 from vitsweep.errors import ConfigError, DataError
 from vitsweep.sweep.resume import requeue, resume, retry_history
 from vitsweep.sweep.space import suggest
@@ -31,9 +31,9 @@ from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.trials import REASON_ATTR
 from vitsweep.tracking.runs import Tracker
 from vitsweep.tracking.tags import RUN_ATTR
-from vitsweep.trainer import TrainResult
+from vitsweep.train.loop import TrainResult
 
-# The training function a sweep runs: ``vitsweep.trainer.train`` or anything with its signature.
+# The training function a sweep runs: ``vitsweep.train.loop.train`` or anything with its signature.
 TrainFn = Callable[..., TrainResult]
 
 

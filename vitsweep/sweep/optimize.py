@@ -14,8 +14,8 @@ from typing import Callable
 import optuna
 
 from vitsweep import console
-from vitsweep.data import load_data
-from vitsweep.device import resolve_device
+from vitsweep.train.data import load_data
+from vitsweep.train.device import resolve_device
 from vitsweep.errors import VitsweepError
 from vitsweep.sweep.heartbeat import StaleTrial, fail_stale_trials
 from vitsweep.sweep.locks import budget_lock
@@ -24,7 +24,7 @@ from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import open_storage
 from vitsweep.sweep.study import build_pruner, build_sampler, sweep_tracker
 from vitsweep.sweep.trials import budget, trial_line
-from vitsweep.trainer import train
+from vitsweep.train.loop import train
 
 Out = Callable[[str], None]
 

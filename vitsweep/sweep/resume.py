@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from vitsweep.checkpoint import load_checkpoint
+from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.errors import VitsweepError
 from vitsweep.tracking.runs import Tracker
 from vitsweep.tracking.tags import RUN_ATTR

@@ -28,7 +28,7 @@ from vitsweep.sweep.storage import open_storage
 from vitsweep.sweep.study import set_up, sweep_tracker
 from vitsweep.sweep.trials import budget, describe_counts, state_counts
 from vitsweep.tracking.client import check_tracking_server
-from vitsweep.trainer import train
+from vitsweep.train.loop import train
 
 
 @dataclass

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vitsweep.config import DEFAULT_BETAS, SECTION_TYPES, Config, coerce, config_keys, unknown_key
+from vitsweep.train.config import DEFAULT_BETAS, SECTION_TYPES, Config, coerce, config_keys, unknown_key
 
 if TYPE_CHECKING:  # a type only: spec imports this module to parse the space
     from vitsweep.sweep.spec import SweepConfig

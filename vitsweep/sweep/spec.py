@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitsweep.config import Config, build_config, coerce, read_yaml, unknown_key
+from vitsweep.train.config import Config, build_config, coerce, read_yaml, unknown_key
 from vitsweep.errors import ConfigError
 from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR, check_url,
                             storage_url, tracking_uri)

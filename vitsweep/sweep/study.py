@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from vitsweep.config import Config
+from vitsweep.train.config import Config
 from vitsweep.errors import VitsweepError
 from vitsweep.sweep.locks import budget_lock
 from vitsweep.sweep.space import config_for_params, grid

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from mlflow.models import infer_signature
 
-from vitsweep.config import Config
-from vitsweep.trainer import load_model
+from vitsweep.train.config import Config
+from vitsweep.train.loop import load_model
 from vitsweep.tracking.artifacts import log_checkpoint
 from vitsweep.tracking.client import quiet
 from vitsweep.tracking.runs import Tracker, metrics_at, params_of

@@ -16,7 +16,7 @@ from typing import Any
 
 from mlflow.entities import Metric, Param as MParam, RunTag
 
-from vitsweep.config import Config
+from vitsweep.train.config import Config
 from vitsweep.paths import tracking_off
 from vitsweep.tracking.client import experiment_id, open_client
 from vitsweep.tracking.tags import (KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_PARENT, TAG_REASON,

@@ -13,7 +13,7 @@ import platform
 
 import torch
 
-from vitsweep.device import device_name, resolve_device
+from vitsweep.train.device import device_name, resolve_device
 
 # Optuna user attrs that hold MLflow run ids
 PARENT_ATTR, RUN_ATTR = "mlflow_parent_run_id", "mlflow_run_id"

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitsweep.augment import BatchAugment
-from vitsweep.checkpoint import load_checkpoint, save_atomic
-from vitsweep.config import Config, OptimizerConfig, build_config, dump_config
-from vitsweep.data import Dataset, load_data
-from vitsweep.device import DTYPES, effective_precision, resolve_device, synchronize
+from vitsweep.train.augment import BatchAugment
+from vitsweep.train.checkpoint import load_checkpoint, save_atomic
+from vitsweep.train.config import Config, OptimizerConfig, build_config, dump_config
+from vitsweep.train.data import Dataset, load_data
+from vitsweep.train.device import DTYPES, effective_precision, resolve_device, synchronize
 from vitsweep.errors import VitsweepError
-from vitsweep.model import ViT, build_model, count_params
+from vitsweep.train.model import ViT, build_model, count_params
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 

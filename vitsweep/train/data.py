@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from vitsweep.config import DataConfig
+from vitsweep.train.config import DataConfig
 from vitsweep.errors import DataError, VitsweepWarning
 from vitsweep.paths import atomic_write
 
