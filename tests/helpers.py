@@ -20,7 +20,7 @@ from vitsweep.cli import main
 from vitsweep.train.config import Config, build_config
 from vitsweep.sweep.spec import load_sweep
 from vitsweep.sweep.storage import load_study
-from vitsweep.train.loop import TrainResult
+from vitsweep.train.loop import TrainResult, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +84,19 @@ def mlflow_runs(root: Path, study: str) -> dict[int, Any]:
     exp = client.get_experiment_by_name(study)
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`vitsweep.kind` = 'trial'")
     return {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+
+
+def killed_then_resumed(cfg: Config, tmp_path: Path) -> tuple[TrainResult, TrainResult]:
+    """(an uninterrupted run of ``cfg``, the same run interrupted after epoch 2 and resumed)."""
+    full = train(cfg, run_dir=tmp_path / "full")
+
+    def kill_after_2(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, kill_after_2, run_dir=tmp_path / "part")
+    return full, train(cfg, run_dir=tmp_path / "part", resume=True)
 
 
 def cli(*args: str, capsys) -> tuple[int, str, str]:  # noqa: ANN001

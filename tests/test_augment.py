@@ -12,7 +12,7 @@ def batch(n=32, size=32):
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g), torch.arange(n) % 10
 
 
-@pytest.mark.parametrize("policy", ["none", "basic", "extended", "randaugment"])
+@pytest.mark.parametrize("policy", ["none", "basic", "extended", "randaugment", "autoaugment"])
 @pytest.mark.parametrize("mix", [{}, {"mixup": 0.8}, {"mixup": 0.8, "cutmix": 1.0}])
 def test_shapes_dtypes_and_targets(policy, mix):
     cfg = build_config({"augment": {"policy": policy, **mix}}).augment
@@ -25,7 +25,7 @@ def test_shapes_dtypes_and_targets(policy, mix):
         assert torch.equal(target, y)
 
 
-@pytest.mark.parametrize("policy", ["basic", "extended", "randaugment"])
+@pytest.mark.parametrize("policy", ["basic", "extended", "randaugment", "autoaugment"])
 def test_same_seed_same_batch_different_seed_different_batch(policy):
     aug = BatchAugment(build_config({"augment": {"policy": policy, "mixup": 0.5}}).augment, 10, MEAN, STD, torch.device("cpu"))
     x, y = batch()

@@ -3,11 +3,9 @@ and the agreement between Optuna's storage, ``vitsweep trials`` and MLflow."""
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest

@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from vitsweep.train.config import DEFAULT_BETAS
+from vitsweep.train.config import DEFAULT_BETAS, load_config
 from vitsweep.errors import ConfigError
 from tests.helpers import TRAINER
 from vitsweep.sweep.space import config_for_params, suggest
@@ -121,7 +121,7 @@ def test_bad_sweep_file_exits_2_and_writes_nothing(tmp_path):
 
 
 def test_shipped_sweeps_are_valid():
-    for name in ("smoke", "adan_betas", "optimizers", "precision_augment", "patch_size"):
+    for name in ("smoke", "adan_betas", "optimizers", "precision_augment", "patch_size", "cifar10_cpu"):
         sweep = load_sweep(REPO / "sweeps" / f"{name}.yaml")
         assert sweep.study.name == name
     adan = load_sweep(REPO / "sweeps" / "adan_betas.yaml")
@@ -133,3 +133,22 @@ def test_shipped_sweeps_are_valid():
     assert (by["b3"].low, by["b3"].high) == (0.005, 0.03) and by["b3"].step
     assert (by["lr"].low, by["lr"].high, by["lr"].log) == (1e-4, 2e-3, True)
     assert (by["weight_decay"].low, by["weight_decay"].high) == (0.0, 0.05) and by["weight_decay"].step
+
+
+def test_every_config_the_cpu_sweep_can_sample_is_valid():
+    """cifar10_cpu.yaml mixes patch sizes, widths, progressive resolution and patch dropout: any
+    combination the sampler may draw must build a valid trainer config (no wasted trials)."""
+    sweep = load_sweep(REPO / "sweeps" / "cifar10_cpu.yaml")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(60):
+        trial = study.ask()
+        cfg = suggest(trial, sweep)  # raises ConfigError on an impossible combination
+        assert cfg.data.train_limit == 10000 and cfg.train.epochs == 3
+        study.tell(trial, 0.0)
+
+
+def test_the_cpu_recipe_is_a_valid_time_limited_trainer_config():
+    cfg = load_config(REPO / "sweeps" / "cpu_recipe.yaml")
+    assert cfg.train.time_limit is not None and cfg.train.time_limit < 3600 and cfg.schedule.by_time
+    assert cfg.data.val_size == 5000 and cfg.data.train_limit is None  # the full split

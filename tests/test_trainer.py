@@ -7,12 +7,13 @@ import time
 import pytest
 import torch
 
+from vitsweep.train import device as device_mod
 from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.errors import VitsweepError, VitsweepWarning
 from vitsweep.train.model import ViT
 from vitsweep.train.loop import build_optimizer, load_model, lr_at, train
 
-from tests.helpers import tiny_config
+from tests.helpers import killed_then_resumed, tiny_config
 
 
 def test_vit_shapes_and_no_decay_groups(tiny):
@@ -53,10 +54,24 @@ def test_each_optimizer_learns_the_synthetic_classes(name):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_reduced_precision_on_cpu_warns_and_runs_fp32(precision):
-    with pytest.warns(VitsweepWarning, match=f"train.precision = {precision} on a CPU"):
+def test_reduced_precision_on_a_cpu_without_it_warns_and_runs_fp32(precision, monkeypatch):
+    monkeypatch.setattr(device_mod, "cpu_native", lambda p: p == "fp32")
+    with pytest.warns(VitsweepWarning, match=f"train.precision = {precision} on a CPU without native {precision}"):
         result = train(tiny_config(**{f"train.precision": precision, "train.epochs": 1}))
     assert result.precision == "fp32"
+
+
+def test_fp16_on_a_cpu_with_native_bf16_suggests_bf16(monkeypatch):
+    monkeypatch.setattr(device_mod, "cpu_native", lambda p: p in ("fp32", "bf16"))
+    with pytest.warns(VitsweepWarning, match="this CPU has native bf16: use train.precision=bf16"):
+        assert device_mod.effective_precision("fp16", torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.skipif(not device_mod.cpu_native("bf16"), reason="this CPU has no native bf16")
+def test_bf16_trains_in_bf16_on_a_cpu_with_native_bf16(recwarn):
+    result = train(tiny_config(**{"train.precision": "bf16", "train.epochs": 2, "optimizer.lr": 3e-3}))
+    assert result.precision == "bf16" and not [w for w in recwarn if w.category is VitsweepWarning]
+    assert result.best_val_acc > 0.3  # it learns (chance is 0.1)
 
 
 def test_early_stopping_ends_before_the_limit():
@@ -97,15 +112,7 @@ def test_exception_in_on_epoch_stops_cleanly_after_checkpointing(tmp_path):
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     cfg = tiny_config(**{"train.epochs": 4, "augment.policy": "extended", "augment.mixup": 0.4, "model.drop_path": 0.1})
-    full = train(cfg, run_dir=tmp_path / "full")
-
-    def kill_after_2(epoch, metrics):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, kill_after_2, run_dir=tmp_path / "part")
-    resumed = train(cfg, run_dir=tmp_path / "part", resume=True)
+    full, resumed = killed_then_resumed(cfg, tmp_path)
     assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
     a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]

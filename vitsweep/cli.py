@@ -50,18 +50,31 @@ SetOption = Annotated[
 ]
 
 
+ThreadsOption = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads for torch [default: torch's choice, one per core].")]
+
+
+def _threads(threads: Optional[int]) -> None:
+    from vitsweep.train.device import set_threads
+
+    set_threads(threads)
+
+
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="Trainer config YAML (optional with --resume).")] = None,
     set_: SetOption = None,
     run_dir: Annotated[Optional[Path], typer.Option(help="Where checkpoints go [default: storage/runs/NAME-TIME].")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a killed run from RUN_DIR/last.pt.")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train one ViT: a progress bar and a line per epoch, then best val and test accuracy."""
     from vitsweep import console
     from vitsweep.train.config import load_config
     from vitsweep.paths import RUNS_DIR
     from vitsweep.train.loop import train as run_train
+
+    _threads(threads)
 
     if config is None and resume is None:
         raise VitsweepError("give a config file (vitsweep train sweeps/train_smoke.yaml) or --resume RUN_DIR")
@@ -89,9 +102,12 @@ def evaluate(
     fp8: Annotated[bool, typer.Option("--fp8", help="Also evaluate with simulated FP8 (E4M3) weights.")] = False,
     device: DeviceOption = "auto",
     tracking_uri: TrackingUriOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid."""
     from vitsweep.models.evaluate import format_summary, run_evaluate
+
+    _threads(threads)
 
     print(format_summary(run_evaluate(ref, out=out, device=device, fp8=fp8, tracking_uri=tracking_uri)))
 
@@ -178,9 +194,12 @@ def promote(
     min_delta: Annotated[Optional[float], typer.Option("--min-delta", help="Smallest val-acc gain that counts.")] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Runs per config, seeds trial seed + 0..S-1.")] = 1,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folders [default: storage/promote].")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Retrain the top trials at full length, test each best checkpoint, rank them (resumable)."""
     from vitsweep.promote.retrain import DEFAULT_OUT, promote as run_promote
+
+    _threads(threads)
 
     run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri, patience=patience,
                 min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT)

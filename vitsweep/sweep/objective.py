@@ -56,11 +56,13 @@ class _Ending:
 
 class Objective:
     """``study.optimize``'s objective. ``on_start`` is called as the trial begins (it is RUNNING in
-    storage then): the worker loop releases the budget lock there."""
+    storage then): the worker loop releases the budget lock there. ``device`` (the worker's place)
+    replaces the trials' ``train.device``."""
 
     def __init__(self, sweep: SweepConfig, tracker: Tracker, parent: str | None, train_fn: TrainFn,
-                 on_start: Callable[[], None] = lambda: None):
+                 on_start: Callable[[], None] = lambda: None, device: str | None = None):
         self.sweep, self.tracker, self.parent, self.train_fn, self.on_start = sweep, tracker, parent, train_fn, on_start
+        self.device = device  # from the worker placement plan: replaces the trials' train.device
         self.metric = sweep.study.metric
         self.maximize = sweep.study.direction == "maximize"
 
@@ -148,6 +150,8 @@ class Objective:
             if end.run_id:
                 trial.set_user_attr(RUN_ATTR, end.run_id)
             raise TrialFailed(f"bad sampled combination: {_one_line(e)}") from None
+        if self.device is not None:
+            config = config.replace(**{"train.device": self.device})
         end.run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, config, trial.params)
         attrs: dict[str, Any] = {"run_dir": str(run_dir)} if config.train.checkpoint else {}
         if end.run_id:

@@ -17,6 +17,7 @@ from vitsweep import console
 from vitsweep.train.data import load_data
 from vitsweep.train.device import resolve_device
 from vitsweep.errors import VitsweepError
+from vitsweep.sweep import placement
 from vitsweep.sweep.heartbeat import StaleTrial, fail_stale_trials
 from vitsweep.sweep.locks import budget_lock
 from vitsweep.sweep.objective import Objective, TrainFn, TrialFailed
@@ -30,8 +31,9 @@ Out = Callable[[str], None]
 
 
 def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None, out: Out = console.say,
-           tag: str = "", train_fn: TrainFn = train) -> int:
-    """Run trials of the sweep's study until its budget is used up; returns the trials this worker ran."""
+           tag: str = "", device: str | None = None, train_fn: TrainFn = train) -> int:
+    """Run trials of the sweep's study until its budget is used up; returns the trials this worker ran.
+    ``device`` (from the worker placement plan) replaces the trials' ``train.device``."""
     tracker = sweep_tracker(sweep, background=True)
     st = sweep.storage
     storage = open_storage(st.url, create=True, heartbeat_interval=st.heartbeat_interval,
@@ -47,7 +49,7 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
 
     ran, loaded = 0, False
     with budget_lock(st.url, sweep.study.name) as lock:
-        objective = Objective(sweep, tracker, parent_run_id, train_fn, on_start=lock.release)
+        objective = Objective(sweep, tracker, parent_run_id, train_fn, on_start=lock.release, device=device)
         while deadline is None or time.monotonic() < deadline:
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 break
@@ -55,7 +57,7 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                 f, r, w = budget(study)
                 if w or f + r < sweep.study.n_trials:
                     # Memoized: decoded once per process, before its first trial (a DataError stops the sweep).
-                    load_data(sweep.base.data, resolve_device(sweep.base.train.device))
+                    load_data(sweep.base.data, resolve_device(device or sweep.base.train.device))
                     loaded = True
             with lock.holding():
                 finished, running, waiting = budget(study)
@@ -73,11 +75,20 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
     return ran
 
 
-def worker_process(sweep: SweepConfig, index: int, parent: str | None, train_fn: TrainFn) -> None:
-    """A worker in a process of its own (``vitsweep run --workers N``): exit 130 on Ctrl-C, 2 on a
-    user's mistake (printed as ``error: [worker N] ...``)."""
+def device_override(where: placement.Placement, sweep: SweepConfig) -> str | None:
+    """The device a worker's trials train on, where the plan differs from the trainer config's."""
+    return where.device if where.device != sweep.base.train.device else None
+
+
+def worker_process(sweep: SweepConfig, where: placement.Placement, parent: str | None, train_fn: TrainFn) -> None:
+    """A worker in a process of its own (``vitsweep run --workers N``), placed as the plan says:
+    exit 130 on Ctrl-C, 2 on a user's mistake (printed as ``error: [worker N] ...``)."""
+    index = where.index
+    placement.apply(where)
+    console.say(f"[w{index}] {where.describe()}")
     try:
-        worker(sweep, index, parent, console.say, tag=f"[w{index}] ", train_fn=train_fn)
+        worker(sweep, index, parent, console.say, tag=f"[w{index}] ", device=device_override(where, sweep),
+               train_fn=train_fn)
     except KeyboardInterrupt:
         sys.exit(130)
     except VitsweepError as e:

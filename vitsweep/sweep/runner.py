@@ -21,7 +21,8 @@ import optuna
 from vitsweep import console
 from vitsweep.errors import ConfigError
 from vitsweep.sweep.objective import TrainFn
-from vitsweep.sweep.optimize import worker, worker_process
+from vitsweep.sweep import placement
+from vitsweep.sweep.optimize import device_override, worker, worker_process
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import open_storage
@@ -58,12 +59,17 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
         f"{sweep.sampler.name} sampler, {sweep.pruner.name} pruner, {sweep.epochs} epochs per trial, "
         f"{workers} worker(s)" + (f"; MLflow {sweep.tracking.uri} experiment {tracker.experiment_name}"
                                   if tracker.enabled else ""))
+    placements = placement.plan(workers, sweep.base.train.device)
+    for p in placements:
+        out(p.describe())
+    for warning in placement.warnings_for(placements, sweep.base.train.device):
+        out(f"warning: {warning}")
     interrupted = False
     try:
         if workers == 1:
-            worker(sweep, 0, parent, out, train_fn=train_fn)
+            worker(sweep, 0, parent, out, device=device_override(placements[0], sweep), train_fn=train_fn)
         else:
-            _fan_out(sweep, workers, parent, out, train_fn)
+            _fan_out(sweep, placements, parent, out, train_fn)
     except KeyboardInterrupt:
         interrupted = True
     final = optuna.load_study(study_name=sweep.study.name, storage=storage)
@@ -81,14 +87,15 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     return summary
 
 
-def _fan_out(sweep: SweepConfig, workers: int, parent: str | None, out: Callable[[str], None],
-             train_fn: TrainFn) -> None:
-    """Run ``workers`` worker processes and wait for them; Ctrl-C is passed on to each."""
+def _fan_out(sweep: SweepConfig, placements: list[placement.Placement], parent: str | None,
+             out: Callable[[str], None], train_fn: TrainFn) -> None:
+    """Run a worker process per placement and wait for them; Ctrl-C is passed on to each."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=worker_process, args=(sweep, i, parent, train_fn), daemon=False)
-             for i in range(workers)]
-    for p in procs:
-        p.start()
+    procs = [ctx.Process(target=worker_process, args=(sweep, where, parent, train_fn), daemon=False)
+             for where in placements]
+    for p, where in zip(procs, placements):
+        with placement.started_with(where):  # thread variables set before torch loads in the worker
+            p.start()
     try:
         for p in procs:
             p.join()

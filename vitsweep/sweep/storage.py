@@ -22,7 +22,7 @@ from optuna.exceptions import ExperimentalWarning
 
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import BUSY_TIMEOUT_S, is_postgres, prepare_sqlite, sqlite_path, storage_url
-from vitsweep.sweep.locks import PgBudgetLock
+from vitsweep.sweep.locks import FileBudgetLock, PgBudgetLock
 from vitsweep.sweep.retry import POOL, RetryingRDBStorage, with_retries
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,7 +97,11 @@ def make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
             return with_retries(RetryingRDBStorage, "connect")(url, engine_kwargs=dict(POOL), **kwargs)
     if not url.startswith("sqlite"):
         return optuna.storages.RDBStorage(url, **kwargs)
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}}, **kwargs)
+    # The same race on a new SQLite file ("table ... already exists"): processes take turns under a
+    # file lock beside it.
+    with FileBudgetLock(url, "__optuna_schema__") as lock, lock.holding():
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}},
+                                             **kwargs)
     # WAL (set on the file by prepare_sqlite) with synchronous=NORMAL: a commit no longer waits for
     # an fsync (a report per epoch gets ~3x cheaper); a crashed process loses nothing, a power cut
     # may lose the last commits.

@@ -93,10 +93,10 @@ class BatchAugment:
         self.cfg = cfg
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.randaugment = (
+        self.randaugment = (  # the policy op drawn per chunk: RandAugment, or AutoAugment's CIFAR-10 policy
             v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude)
             if cfg.policy == "randaugment"
-            else None
+            else v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10) if cfg.policy == "autoaugment" else None
         )
         mixers = []
         if cfg.mixup > 0:

@@ -54,6 +54,7 @@ class ModelConfig:
     attn_dropout: float = 0.0
     drop_path: float = 0.1
     pool: Literal["cls", "mean"] = "cls"
+    patch_dropout: float = 0.0  # training only: fraction of each image's patch tokens dropped (0 = off)
 
 
 # Presets fill the model fields that the user did not set explicitly.
@@ -89,11 +90,19 @@ class OptimizerConfig:
 class ScheduleConfig:
     warmup_epochs: float = 1.0  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.01
+    # The run's length that the schedules follow: train.epochs, or train.time_limit seconds of wall
+    # time (the lr and resolution schedules then stretch to the time budget; warmup is the same
+    # fraction of the run as warmup_epochs / epochs).
+    by_time: bool = False
+    # Progressive resolution: train at res_start pixels first, growing linearly to the full image
+    # size by res_until (a fraction of the run); the rest at full size. null = off.
+    res_start: int | None = None
+    res_until: float = 0.5
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    policy: Literal["none", "basic", "extended", "randaugment"] = "basic"
+    policy: Literal["none", "basic", "extended", "randaugment", "autoaugment"] = "basic"
     crop_padding: int = 4  # random crop with this zero padding (all policies but none)
     flip: bool = True  # random horizontal flip (all policies but none)
     jitter: float = 0.4  # extended: brightness/contrast/saturation strength
@@ -114,7 +123,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
-    compile: bool = False
+    # torch.compile the training forward: true, false, or auto (compile after the first epoch when
+    # the measured epoch time says the rest of the run repays the compile time; see README).
+    compile: Literal["auto", True, False] = "auto"
+    micro_batch: int | None = None  # compute each batch in chunks of this many images, gradients
+    # accumulated (same result up to float rounding); null = auto (128 on a CPU, where larger
+    # batches fall out of the caches; the whole batch elsewhere)
+    time_limit: float | None = None  # seconds: stop at the first epoch end past it (or at one whose
+    # next epoch would end past it); stop reason "time_limit"
     patience: int | None = None  # early stopping: epochs without a min_delta val-acc gain
     min_delta: float = 0.0
     target_acc: float | None = None  # stop as soon as val accuracy reaches this (0..1)
@@ -317,6 +333,8 @@ def _coerce(value: Any, hint: Any) -> Any:
     raise ValueError(f"unsupported type {hint}")  # pragma: no cover
 
 
+# One function on purpose: a flat list of independent range checks, one line each, is easier to
+# scan and extend than the same checks spread over helpers.
 def _check(cfg: Config) -> list[str]:
     """Cross-field and range checks; each message names the key and what is allowed."""
     e: list[str] = []
@@ -345,7 +363,7 @@ def _check(cfg: Config) -> list[str]:
         divisors = [h for h in range(1, min(m.dim, 64) + 1) if m.dim % h == 0]
         e.append(f"model.heads = {m.heads}: must divide model.dim ({m.dim}); allowed: {', '.join(map(str, divisors))}")
     need(m.mlp_ratio > 0, f"model.mlp_ratio = {m.mlp_ratio}: must be > 0")
-    for k in ("dropout", "attn_dropout", "drop_path"):
+    for k in ("dropout", "attn_dropout", "drop_path", "patch_dropout"):
         v = getattr(m, k)
         need(0 <= v < 1, f"model.{k} = {v}: must be in [0, 1)")
 
@@ -361,6 +379,13 @@ def _check(cfg: Config) -> list[str]:
         e.append(f"optimizer.betas = {list(o.betas)}: each beta must be in (0, 1)")
 
     need(s.warmup_epochs >= 0, f"schedule.warmup_epochs = {s.warmup_epochs}: must be >= 0")
+    need(not s.by_time or t.time_limit is not None,
+         "schedule.by_time = true: needs train.time_limit (the seconds the schedules stretch over)")
+    if s.res_start is not None:
+        need(m.patch_size <= s.res_start <= d.image_size and s.res_start % m.patch_size == 0,
+             f"schedule.res_start = {s.res_start}: must be a multiple of model.patch_size ({m.patch_size}) "
+             f"in [{m.patch_size}, data.image_size ({d.image_size})], or null (off)")
+    need(0 < s.res_until <= 1, f"schedule.res_until = {s.res_until}: must be in (0, 1] (a fraction of the run)")
     need(0 <= s.min_lr_ratio <= 1, f"schedule.min_lr_ratio = {s.min_lr_ratio}: must be in [0, 1]")
 
     need(0 <= a.crop_padding <= d.image_size, f"augment.crop_padding = {a.crop_padding}: must be in [0, image_size]")
@@ -377,6 +402,9 @@ def _check(cfg: Config) -> list[str]:
     need(t.epochs >= 1, f"train.epochs = {t.epochs}: must be >= 1")
     need(t.batch_size >= 1, f"train.batch_size = {t.batch_size}: must be >= 1")
     need(t.eval_batch_size >= 1, f"train.eval_batch_size = {t.eval_batch_size}: must be >= 1")
+    need(t.micro_batch is None or 1 <= t.micro_batch <= t.batch_size,
+         f"train.micro_batch = {t.micro_batch}: must be in [1, train.batch_size ({t.batch_size})] or null (auto)")
+    need(t.time_limit is None or t.time_limit > 0, f"train.time_limit = {t.time_limit}: must be > 0 seconds or null")
     need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
          f"train.device = {t.device!r}: must be one of auto, cpu, cuda, cuda:N, mps")
     need(t.patience is None or t.patience >= 1, f"train.patience = {t.patience}: must be >= 1 or null")

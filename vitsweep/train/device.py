@@ -1,4 +1,4 @@
-"""Which device and precision a run really gets."""
+"""Which device, precision and CPU threads a run really gets."""
 
 from __future__ import annotations
 
@@ -31,17 +31,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_native(precision: str) -> bool:
+    """Whether this CPU computes ``precision`` natively (oneDNN's own check: AVX512_BF16 or AMX for
+    bf16, AVX512_FP16 or AMX-FP16 for fp16). Without it, CPU autocast emulates the type and runs
+    several times slower than fp32 (pytorch #86550, #118499)."""
+    if precision == "fp32":
+        return True
+    check = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
+    try:
+        return bool(getattr(torch.ops.mkldnn, check)())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 def effective_precision(precision: str, device: torch.device) -> str:
-    """Reduced precision on a CPU runs ~20x slower than fp32 (no native bf16/fp16): warn, use fp32."""
-    if precision != "fp32" and device.type == "cpu":
-        warnings.warn(
-            f"train.precision = {precision} on a CPU: autocast there is many times slower than fp32, "
-            f"so this run uses fp32. Use a GPU for {precision}, or set train.precision=fp32 to silence this.",
-            VitsweepWarning,
-            stacklevel=2,
-        )
-        return "fp32"
-    return precision
+    """What a run asked to train in ``precision`` on ``device`` really trains in.
+
+    GPUs and MPS: as asked. CPUs: bf16 where the CPU has native bf16 (measured here on Zen 4 with
+    AVX512_BF16: 1.06-1.7x faster than fp32 for our ViTs, more for wider ones); fp16 only where it
+    is native too (and bf16, the better CPU choice, is suggested); otherwise a warning and fp32."""
+    if precision == "fp32" or device.type != "cpu" or cpu_native(precision):
+        return precision
+    hint = " (this CPU has native bf16: use train.precision=bf16)" if cpu_native("bf16") else ""
+    warnings.warn(
+        f"train.precision = {precision} on a CPU without native {precision}: autocast there is several times "
+        f"slower than fp32, so this run uses fp32{hint}. Set train.precision=fp32 to silence this.",
+        VitsweepWarning,
+        stacklevel=2,
+    )
+    return "fp32"
 
 
 def device_name(device: torch.device) -> str:
@@ -50,6 +68,15 @@ def device_name(device: torch.device) -> str:
     if device.type == "mps":
         return f"Apple MPS ({platform.machine()})"
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's intra-op threads for this process (None: leave torch's choice)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads {threads}: must be >= 1")
+    torch.set_num_threads(threads)
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,8 +1,13 @@
 """A readable Vision Transformer (ViT) for small images.
 
-Conv patch embedding -> [cls] + learned position embedding -> pre-norm blocks (fused qkv,
-F.scaled_dot_product_attention, stochastic depth) -> LayerNorm -> linear head.
-Shapes: B batch, C channels, H/W image size, P patch, N = (H/P)*(W/P) tokens, D dim, h heads.
+Conv patch embedding -> + learned position embedding -> patch dropout (training only) -> [cls]
+-> pre-norm blocks (fused qkv, F.scaled_dot_product_attention, stochastic depth) -> LayerNorm ->
+linear head. Shapes: B batch, C channels, H/W image size, P patch, N = (H/P)*(W/P) tokens, D dim,
+h heads.
+
+Any image size that the patch size divides works: the position embedding is learned on the
+config's grid and resampled (bicubic) to a smaller grid, which is how progressive resolution
+trains early epochs on fewer tokens.
 """
 
 from __future__ import annotations
@@ -79,10 +84,12 @@ class ViT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pool = cfg.pool
-        n_tokens = (image_size // cfg.patch_size) ** 2
+        self.patch_size = cfg.patch_size
+        self.patch_dropout = cfg.patch_dropout
+        self.grid = image_size // cfg.patch_size
         self.patch_embed = nn.Conv2d(in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens + 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid**2 + 1, cfg.dim))  # [cls] first, then the grid
         self.pos_drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # deeper blocks drop more
         self.blocks = nn.Sequential(
@@ -106,16 +113,56 @@ class ViT(nn.Module):
         # has grown, which cost 3-4 points of validation accuracy after a short first epoch.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, classes)
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, N+1, D)
+        x = self.patch_embed(x)  # (B, D, H/P, W/P)
+        grid = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2) + self.grid_pos_embed(grid)  # (B, N, D)
+        if self.training and self.patch_dropout > 0:
+            x = drop_patches(x, self.patch_dropout)  # (B, N_keep, D)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = self.pos_drop(torch.cat([cls, x], dim=1))  # (B, N+1, D)
         x = self.norm(self.blocks(x))  # (B, N+1, D)
         x = x[:, 0] if self.pool == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
         return self.head(x)  # (B, classes)
 
+    def grid_pos_embed(self, grid: int) -> torch.Tensor:
+        """The patch tokens' position embedding for a ``grid x grid`` image: (1, grid*grid, D)."""
+        pos = self.pos_embed[:, 1:]  # (1, G*G, D)
+        if grid == self.grid:
+            return pos
+        D = pos.shape[-1]
+        pos = pos.reshape(1, self.grid, self.grid, D).permute(0, 3, 1, 2)  # (1, D, G, G)
+        pos = F.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False)  # (1, D, g, g)
+        return pos.permute(0, 2, 3, 1).reshape(1, grid * grid, D)
+
     def no_decay_names(self) -> set[str]:
         """Parameters kept out of weight decay: norms, biases, position embedding, cls token."""
         return {n for n, p in self.named_parameters() if p.ndim <= 1 or n in ("pos_embed", "cls_token")}
+
+
+def drop_patches(x: torch.Tensor, p: float) -> torch.Tensor:
+    """PatchDropout (Liu et al., WACV 2023): keep a random ``1 - p`` of each image's patch tokens.
+    (B, N, D) -> (B, N_keep, D), N_keep = max(1, round(N * (1 - p)))."""
+    B, N, D = x.shape
+    keep = max(1, round(N * (1 - p)))
+    idx = torch.rand(B, N, device=x.device).argsort(dim=1)[:, :keep]  # (B, N_keep)
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, D))
+
+
+def kept_tokens(n_patches: int, patch_dropout: float) -> int:
+    """Patch tokens a training image keeps under patch dropout (evaluation keeps all)."""
+    return max(1, round(n_patches * (1 - patch_dropout))) if patch_dropout > 0 else n_patches
+
+
+def forward_flops(cfg: ModelConfig, image_size: int, num_classes: int, tokens: int | None = None) -> float:
+    """Multiply-adds x 2 of one image's forward pass (matmuls and attention; norms, softmax and
+    activations are ignored, a few percent). ``tokens``: patch tokens entering the blocks (default
+    all of them); a training step costs about 3x the forward."""
+    n_patches = (image_size // cfg.patch_size) ** 2
+    n = (n_patches if tokens is None else tokens) + 1  # + [cls]
+    d, hidden = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+    embed = 2 * n_patches * (3 * cfg.patch_size**2) * d
+    per_block = 2 * n * d * 3 * d + 2 * n * d * d + 2 * 2 * n * n * d + 2 * 2 * n * d * hidden
+    return float(embed + cfg.depth * per_block + 2 * d * num_classes)
 
 
 def build_model(cfg: ModelConfig, image_size: int, num_classes: int) -> ViT:
