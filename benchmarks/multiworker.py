@@ -2,7 +2,7 @@
 
 Each worker is a process running ``run_sweep`` (what ``vitsweep run`` does: study set-up under the
 budget lock, the worker loop, TPE sampling, reports and pruning checks, MLflow when asked) with
-``vitsweep.trainer.train`` replaced by a trainer that sleeps ``--epoch-s`` per epoch and reports
+``train_fn=`` a trainer that sleeps ``--epoch-s`` per epoch and reports
 a made-up val_acc. Sleeping costs no CPU, so what is left is orchestration: if it did not grow
 with workers, trials/min would grow in proportion to the workers and the overhead per trial
 would stay flat. Every count gets a fresh database (created and dropped here).
@@ -31,8 +31,8 @@ EPOCHS = 3
 
 
 def trivial_train(epoch_s: float):
-    """A stand-in for ``vitsweep.trainer.train``: same signature and result, no computing."""
-    from vitsweep.trainer import TrainResult
+    """A stand-in for ``vitsweep.train.loop.train``: same signature and result, no computing."""
+    from vitsweep.train.loop import TrainResult
 
     def train(config, on_epoch=None, *, run_dir=None, resume=False, progress=False, data=None):
         t0 = time.perf_counter()
@@ -55,16 +55,13 @@ def trivial_train(epoch_s: float):
 
 
 def _one_worker(sweep, epoch_s: float) -> None:
-    import vitsweep.trainer
+    from vitsweep.sweep.runner import run_sweep
 
-    vitsweep.trainer.train = trivial_train(epoch_s)
-    from vitsweep.study import run_sweep
-
-    run_sweep(sweep, out=lambda line: None)
+    run_sweep(sweep, out=lambda line: None, train_fn=trivial_train(epoch_s))
 
 
 def _sweep(url: str, tracking: str, tmp: Path, n_trials: int, seed: int):
-    from vitsweep.sweep import build_sweep
+    from vitsweep.sweep.spec import build_sweep
 
     return build_sweep({
         "study": {"name": "bench", "n_trials": n_trials, "seed": seed},
@@ -115,7 +112,7 @@ def main() -> None:
             wall = time.perf_counter() - t0
             if any(p.exitcode for p in procs):
                 raise SystemExit(f"{n} workers: a worker exited with {[p.exitcode for p in procs]}")
-            from vitsweep.study import load_study
+            from vitsweep.sweep.storage import load_study
 
             trials = load_study("bench", url).get_trials()
             assert len(trials) == n_trials, (len(trials), n_trials)

@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitsweep.config import build_config, load_config
-from vitsweep.data import load_data
-from vitsweep.device import resolve_device
-from vitsweep.trainer import TrainResult, train
+from vitsweep.train.config import build_config, load_config
+from vitsweep.train.data import load_data
+from vitsweep.train.device import resolve_device
+from vitsweep.train.loop import TrainResult, train
 
 TARGETS = (0.60, 0.70, 0.75, 0.80)
 

@@ -26,11 +26,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from vitsweep.config import build_config
-from vitsweep.data import load_data
-from vitsweep.device import cpu_native, resolve_device, synchronize
-from vitsweep.model import build_model
-from vitsweep.trainer import build_optimizer, train
+from vitsweep.train.config import build_config
+from vitsweep.train.data import load_data
+from vitsweep.train.device import cpu_native, resolve_device, synchronize
+from vitsweep.train.model import build_model
+from vitsweep.train.loop import build_optimizer, train
 
 PEER_MODEL = {"preset": "custom", "dim": 512, "depth": 6, "heads": 8, "mlp_ratio": 1.0, "patch_size": 4, "drop_path": 0.0}
 

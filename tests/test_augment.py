@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from vitsweep.augment import BatchAugment, random_crop, random_erasing, random_flip
-from vitsweep.config import build_config
+from vitsweep.train.augment import BatchAugment, random_crop, random_erasing, random_flip
+from vitsweep.train.config import build_config
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -2,10 +2,10 @@ import pytest
 from typer.testing import CliRunner
 
 from vitsweep.cli import app
-from vitsweep.config import DEFAULT_BETAS, build_config, load_config, parse_overrides
+from vitsweep.train.config import DEFAULT_BETAS, build_config, load_config, parse_overrides
 from vitsweep.errors import ConfigError
 
-from .conftest import TINY, tiny_config
+from tests.helpers import TINY, tiny_config
 
 
 def errors_of(raw, overrides=None) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitsweep.checkpoint import load_checkpoint
-from vitsweep.config import build_config
+from vitsweep.train.checkpoint import load_checkpoint
+from vitsweep.train.config import build_config
 from vitsweep.errors import ConfigError, VitsweepWarning
-from vitsweep.model import ViT, forward_flops
-from vitsweep.trainer import Schedule, compile_pays, micro_batch_size, train
+from vitsweep.train.model import ViT, forward_flops
+from vitsweep.train.loop import Schedule, compile_pays, micro_batch_size, train
 
-from .conftest import tiny_config
+from tests.helpers import killed_then_resumed, tiny_config
 
 CPU = torch.device("cpu")
 
@@ -55,8 +55,9 @@ def test_compile_auto_stays_eager_for_a_short_run(monkeypatch):
 
 
 def test_compile_pays_only_when_the_rest_of_the_run_repays_it():
-    # 60 s to compile, 15% faster steps: a 10-minute epoch with 5 left saves 450 s > 2 x 120 s
-    assert compile_pays(CPU, 600, epochs_left=5, sizes_left=1)
+    # 120 s to compile per image size on a CPU, 15% faster steps: a 10-minute epoch with 6 left saves
+    # 540 s >= 2 x 2 x 120 s (one size to come, plus the smaller last batch)
+    assert compile_pays(CPU, 600, epochs_left=6, sizes_left=1)
     assert not compile_pays(CPU, 30, epochs_left=5, sizes_left=1)  # a short trial
     assert not compile_pays(CPU, 600, epochs_left=5, sizes_left=4)  # every new image size recompiles
     assert not compile_pays(torch.device("mps"), 6000, epochs_left=50, sizes_left=1)
@@ -125,15 +126,7 @@ def test_progressive_resolution_trains_small_first_then_full_size():
 def test_resume_in_the_middle_of_a_resolution_change_reproduces_the_run(tmp_path):
     cfg = tiny_config(**{"train.epochs": 4, "schedule.res_start": 16, "schedule.res_until": 0.75,
                          "model.patch_dropout": 0.25})
-    full = train(cfg, run_dir=tmp_path / "full")
-
-    def stop_after_2(epoch, metrics):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, stop_after_2, run_dir=tmp_path / "part")
-    resumed = train(cfg, run_dir=tmp_path / "part", resume=True)
+    full, resumed = killed_then_resumed(cfg, tmp_path)
     assert [h["image_size"] for h in resumed.history] == [h["image_size"] for h in full.history] == [16, 16, 24, 32]
     assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]

@@ -2,8 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vitsweep.config import build_config
-from vitsweep.data import load_data, stratified_split
+from vitsweep.train.config import build_config
+from vitsweep.train.data import load_data, stratified_split
 from vitsweep.errors import DataError
 
 
@@ -52,7 +52,7 @@ def test_imagefolder_decodes_resizes_and_caches(tmp_path):
     cached = list((tmp_path / "cache").glob("imagefolder-*.pt"))
     assert len(cached) == 2  # train+val pool, test
     # a second load (new process simulated by a different device key) reads the cache, same tensors
-    import vitsweep.data as data_mod
+    import vitsweep.train.data as data_mod
 
     data_mod._MEMO.clear()
     for f in (tmp_path / "imgs" / "train" / "cat").iterdir():

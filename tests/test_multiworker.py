@@ -25,23 +25,17 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers import spawn_cli, wait_for_first_report
-from tests.test_sweep_run import sweep_dict
-from vitsweep.study import load_study, sweep_of
-from vitsweep.sweep import build_sweep
-from vitsweep.tracking import RUN_ATTR
+from tests.helpers import spawn_cli, spawn_sweep, sweep_dict, trainer_dict, wait_for_first_report
+from vitsweep.sweep.spec import build_sweep
+from vitsweep.sweep.storage import load_study
+from vitsweep.sweep.study import sweep_of
+from vitsweep.tracking.tags import RUN_ATTR
 
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
 PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
 PG_VERSION = (sorted(os.listdir("/etc/postgresql")) or ["15"])[-1] if os.path.isdir("/etc/postgresql") else "15"
-FAST = {  # about a second per trial on a CPU
-    "data": {"source": "synthetic", "synthetic_train": 200, "synthetic_test": 20, "val_size": 50},
-    "model": {"preset": "custom", "dim": 16, "depth": 1, "heads": 2, "patch_size": 8, "mlp_ratio": 2.0,
-              "drop_path": 0.0},
-    "optimizer": {"name": "adamw", "lr": 3e-3},
-    "schedule": {"warmup_epochs": 0},
-    "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
-}
+FAST = trainer_dict(data={"synthetic_train": 200, "synthetic_test": 20, "val_size": 50},  # ~1 s a trial on a CPU
+                    model={"dim": 16}, train={"epochs": 2})
 
 
 def _pg_error() -> str | None:
@@ -55,8 +49,9 @@ def _pg_error() -> str | None:
 
 
 _PG_PROBLEM = _pg_error()
-pytestmark = pytest.mark.skipif(_PG_PROBLEM is not None,
-                                reason=f"PostgreSQL is not reachable on 127.0.0.1:5432 ({_PG_PROBLEM})")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(_PG_PROBLEM is not None,
+                                 reason=f"PostgreSQL is not reachable on 127.0.0.1:5432 ({_PG_PROBLEM})")]
 
 
 def _admin(sql: str) -> None:
@@ -208,11 +203,9 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
     re-queues it, and the retry continues from the dead trial's last epoch checkpoint."""
     path, raw = _sweep_file(tmp_path, "kill", database, mlflow_server, n_trials=1, pruner={"name": "none"},
                             space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
-    raw["trainer"]["data"]["synthetic_train"] = 1500
-    raw["trainer"]["model"]["dim"] = 32
-    raw["trainer"]["train"]["epochs"] = EPOCHS = 12  # long enough that the kill lands mid-trial
+    raw["trainer"]["train"]["epochs"] = EPOCHS = 12  # 12 x 0.3 s: long enough that the kill lands mid-trial
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = spawn_cli("run", str(path), cwd=tmp_path)
+    proc = spawn_sweep(path, tmp_path, epoch_s=0.3)
     try:
         wait_for_first_report("kill", database, proc)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -224,7 +217,7 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
     assert (Path(dead.user_attrs["run_dir"]) if Path(dead.user_attrs["run_dir"]).is_absolute()
             else tmp_path / dead.user_attrs["run_dir"]).joinpath("last.pt").is_file()
 
-    again = spawn_cli("run", str(path), cwd=tmp_path)  # waits out the grace period, then runs the retry
+    again = spawn_sweep(path, tmp_path, epoch_s=0.01)  # waits out the grace period, then runs the retry
     try:
         out = again.communicate(timeout=180)[0]
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vitsweep import placement
+from vitsweep.sweep import placement
 
 
 @pytest.mark.parametrize("gpus", [1, 4, 8])

@@ -17,21 +17,18 @@ from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from tests.helpers import cli
+from tests.helpers import cli, trainer_dict
 from vitsweep.errors import VitsweepError
-from vitsweep.promote import KIND_PARENT, KIND_RUN, TAG_SOURCE, promote, select_trials
-from vitsweep.study import SWEEP_ATTR, _stored_sweep, load_study, open_storage
-from vitsweep.sweep import build_sweep
-from vitsweep.tracking import RUN_ATTR, Tracker
+from vitsweep.promote.retrain import promote
+from vitsweep.promote.select import select_trials
+from vitsweep.sweep.spec import build_sweep
+from vitsweep.sweep.storage import load_study, open_storage
+from vitsweep.sweep.study import record_sweep
+from vitsweep.tracking.runs import Tracker
+from vitsweep.tracking.tags import KIND_PARENT, KIND_RUN, RUN_ATTR, TAG_SOURCE
 
-TRAINER: dict[str, Any] = {
-    "data": {"source": "synthetic", "synthetic_train": 256, "synthetic_test": 60, "val_size": 64},
-    "model": {"preset": "custom", "dim": 32, "depth": 1, "heads": 2, "patch_size": 8, "mlp_ratio": 2.0,
-              "drop_path": 0.0},
-    "optimizer": {"name": "adamw", "lr": 3e-3},
-    "schedule": {"warmup_epochs": 0},
-    "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "eval_batch_size": 200},
-}
+TRAINER = trainer_dict(data={"synthetic_train": 256, "synthetic_test": 60, "val_size": 64},
+                       train={"epochs": 2, "eval_batch_size": 200})
 SPACE = {
     "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw"]},
     "lr": {"path": "optimizer.lr", "low": 1e-9, "high": 1e-2, "log": True},
@@ -48,7 +45,7 @@ def make_study(name: str, trials: list[tuple[TrialState, float | None, dict[str,
            "space": copy.deepcopy(SPACE)}
     sweep = build_sweep(raw, source="tests")
     study = optuna.create_study(study_name=name, storage=open_storage(STORAGE, create=True), direction="maximize")
-    study.set_user_attr(SWEEP_ATTR, _stored_sweep(sweep))
+    record_sweep(study, sweep)
     tracker = Tracker(TRACKING, name, "storage/mlartifacts")
     for number, (state, value, params) in enumerate(trials):
         rid = tracker.client.create_run(tracker.experiment_id, run_name=f"{name}-trial-{number}", tags={
@@ -105,30 +102,50 @@ def test_ties_broken_by_trial_number():
     assert "tied with trial(s) 1, 2" in sel.lines[1]
 
 
-def test_bad_input_exits_2(capsys):
-    C, P = TrialState.COMPLETE, TrialState.PRUNED
-    code, _, err = cli("promote", "--top", "1", "--epochs", "2", "--storage", STORAGE, capsys=capsys)
+def promote_cli(capsys, *args: str) -> tuple[int, str, str]:
+    return cli("promote", *args, "--storage", STORAGE, capsys=capsys)
+
+
+@pytest.fixture
+def nothing_left_behind():
+    yield
+    assert not Path("storage/promote").exists()  # bad input leaves nothing behind
+
+
+def test_missing_storage_exits_2(capsys, nothing_left_behind):
+    code, _, err = promote_cli(capsys, "--top", "1", "--epochs", "2")
     assert code == 2 and "no sweep storage" in err
-    make_study("only_pruned", [(P, 0.3, adamw(1e-3))])
-    code, _, err = cli("promote", "--study", "only_pruned", "--top", "1", "--epochs", "2", "--storage", STORAGE,
-                       capsys=capsys)
+
+
+def test_no_completed_trials_exits_2(capsys, nothing_left_behind):
+    make_study("only_pruned", [(TrialState.PRUNED, 0.3, adamw(1e-3))])
+    code, _, err = promote_cli(capsys, "--study", "only_pruned", "--top", "1", "--epochs", "2")
     assert code == 2 and "no completed trials (1 pruned)" in err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--study", "two", "--top", "3", "--epochs", "2", "--tracking-uri", "none"),
+     ["--top 3: study two has only 2 completed", "use --top 2"]),
+    (("--study", "nope", "--top", "1", "--epochs", "2"), ["no study named 'nope'", "two"]),
+    (("--study", "two", "--top", "1", "--epochs", "0"), ["--epochs 0"]),
+])
+def test_bad_options_exit_2(args, expected, capsys, nothing_left_behind):
+    make_study("two", [(TrialState.COMPLETE, 0.3, adamw(1e-3)), (TrialState.COMPLETE, 0.4, adamw(2e-3))])
+    code, _, err = promote_cli(capsys, *args)
+    assert code == 2 and all(e in err for e in expected), err
+
+
+def test_without_study_the_latest_is_used_or_asked_for(capsys, nothing_left_behind):
+    C = TrialState.COMPLETE
+    make_study("only_pruned", [(TrialState.PRUNED, 0.3, adamw(1e-3))])
     make_study("two", [(C, 0.3, adamw(1e-3)), (C, 0.4, adamw(2e-3))])
-    code, _, err = cli("promote", "--study", "two", "--top", "3", "--epochs", "2", "--storage", STORAGE,
-                       "--tracking-uri", "none", capsys=capsys)
-    assert code == 2 and "--top 3: study two has only 2 completed" in err and "use --top 2" in err
-    code, _, err = cli("promote", "--study", "nope", "--top", "1", "--epochs", "2", "--storage", STORAGE, capsys=capsys)
-    assert code == 2 and "no study named 'nope'" in err and "two" in err
-    code, _, err = cli("promote", "--study", "two", "--top", "1", "--epochs", "0", "--storage", STORAGE, capsys=capsys)
-    assert code == 2 and "--epochs 0" in err
     # Without --study: the newest study ("two") has trials started last, so it is the latest...
-    code, out, err = cli("promote", "--top", "3", "--epochs", "2", "--storage", STORAGE, capsys=capsys)
+    code, out, err = promote_cli(capsys, "--top", "3", "--epochs", "2")
     assert code == 2 and "study two (the latest" in out
     # ...until a newer study with no trials appears: then no study is clearly the latest.
     optuna.create_study(study_name="empty", storage=STORAGE)
-    code, _, err = cli("promote", "--top", "1", "--epochs", "2", "--storage", STORAGE, capsys=capsys)
+    code, _, err = promote_cli(capsys, "--top", "1", "--epochs", "2")
     assert code == 2 and "none is clearly the latest; choose one with --study" in err
-    assert not Path("storage/promote").exists()  # bad input leaves nothing behind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +250,7 @@ def test_resume_after_interrupt_and_mlflow_records(capsys):
     assert Path("storage/promote/res/val_curves.html").read_text().count("<script") >= 1
 
     # A promoted run works with `vitsweep evaluate RUN_ID`.
-    from vitsweep.checkpoint import resolve_checkpoint
+    from vitsweep.models.inference import resolve_checkpoint
 
     assert resolve_checkpoint(nested[0].info.run_id, TRACKING, Path("dl")).is_file()
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import cli
+from tests.helpers import cli
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (CIFAR10 / "train").is_dir(), reason=f"no CIFAR-10 class folders at {CIFAR10}")
 def test_one_epoch_of_5000_real_images_is_clearly_above_chance(capsys):
     # README's quick run: tiny preset, patch 8, 1 epoch on 5,000 training images, 5,000 for

@@ -4,7 +4,6 @@ headless Chromium."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,12 +17,16 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
-from tests.test_sweep_run import sweep_dict
+from tests.helpers import sweep_dict
 from vitsweep.cli import app
-from vitsweep.report import compute_spent, write_report
-from vitsweep.study import SWEEP_ATTR, _stored_sweep, open_storage
-from vitsweep.sweep import build_sweep
-from vitsweep.tracking import PARENT_ATTR, Tracker
+from vitsweep.promote.results import RunRecord
+from vitsweep.report.compute import compute_spent
+from vitsweep.report.page import write_report
+from vitsweep.sweep.spec import build_sweep
+from vitsweep.sweep.storage import open_storage
+from vitsweep.sweep.study import record_sweep
+from vitsweep.tracking.runs import Tracker
+from vitsweep.tracking.tags import PARENT_ATTR
 
 FIGURES = ["history", "intermediate", "compute", "importances", "parallel", "slice"]
 DIST = {"optimizer": CategoricalDistribution(["adan", "adamw"]), "lr": FloatDistribution(3e-4, 1e-2, log=True)}
@@ -44,7 +47,7 @@ def make_study(root: Path, name: str = "rep", trials=TRIALS, parent: bool = True
     sweep = build_sweep(raw)
     url, uri = raw["storage"]["url"], raw["tracking"]["uri"]
     study = optuna.create_study(study_name=name, storage=open_storage(url, create=True), direction="maximize")
-    study.set_user_attr(SWEEP_ATTR, _stored_sweep(sweep))
+    record_sweep(study, sweep)
     if parent:
         tracker = Tracker(uri, name, raw["tracking"]["artifacts"])
         study.set_user_attr(PARENT_ATTR, tracker.parent_run(name, None, {}))
@@ -127,8 +130,10 @@ def test_promotion_section_from_promote_files(tmp_path):
     (folder / "trial1-seed0").mkdir(parents=True)
     (folder / "leaderboard.csv").write_text("place,trial,sweep_rank,config,test_acc_mean\n1,1,1,adan lr=0.003,0.61\n")
     hist = [{"epoch": e, "val_acc": 0.3 + 0.1 * e, "val_loss": 2.0 - 0.2 * e} for e in range(1, 5)]
-    (folder / "trial1-seed0" / "result.json").write_text(json.dumps(
-        {"trial": 1, "seed": 0, "config_desc": "adan lr=0.003", "test_acc": 0.61, "history": hist}))
+    RunRecord(study="rep", trial=1, seed=0, config_desc="adan lr=0.003", sweep_value=0.6, stop_reason="completed",
+              epochs_run=4, best_epoch=4, best_val_acc=0.7, test_acc=0.61, test_loss=1.1, per_class_acc=[],
+              confusion=[], classes=[], history=hist, train_time_s=1.0,
+              key="k").save(folder / "trial1-seed0" / "result.json")
     res = write_report("rep", url, "none", tmp_path / "r.html", promote_dir=tmp_path / "promote",
                        echo=lambda _: None)
     page = res.path.read_text()

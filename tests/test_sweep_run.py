@@ -3,11 +3,9 @@ and the agreement between Optuna's storage, ``vitsweep trials`` and MLflow."""
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
@@ -15,40 +13,13 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers import spawn_cli, wait_for_first_report
-from tests.test_sweep_space import TRAINER
-from vitsweep.study import load_study, run_sweep, trials_table
-from vitsweep.sweep import build_sweep
-from vitsweep.tracking import PARENT_ATTR, RUN_ATTR
+from tests.helpers import PacedTrain, cli, mlflow_runs, spawn_cli, spawn_sweep, sweep_dict, wait_for_first_report
+from vitsweep.sweep.runner import run_sweep
+from vitsweep.sweep.spec import build_sweep
+from vitsweep.sweep.storage import load_study
+from vitsweep.sweep.trials import trials_table
+from vitsweep.tracking.tags import PARENT_ATTR, RUN_ATTR
 
-SPACE = {
-    "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw"]},
-    "lr": {"path": "optimizer.lr", "low": 3e-4, "high": 1e-2, "log": True},
-    "b3": {"path": "optimizer.betas[2]", "low": 0.005, "high": 0.03, "step": 0.005, "when": {"optimizer": "adan"}},
-}
-
-
-def sweep_dict(root: Path, name: str = "s", n_trials: int = 6, space: dict | None = None, **over: Any) -> dict:
-    raw = {
-        "study": {"name": name, "n_trials": n_trials, "seed": 0},
-        "sampler": {"name": "tpe", "n_startup_trials": 2},
-        "pruner": {"name": "hyperband", "min_resource": 1, "reduction_factor": 2},
-        "storage": {"url": f"sqlite:///{root}/optuna.db", "heartbeat_interval": 1, "grace_period": 3},
-        "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "artifacts": str(root / "mlartifacts")},
-        "trials": {"dir": str(root / "trials")},
-        "trainer": copy.deepcopy(TRAINER),
-        "space": copy.deepcopy(space or SPACE),
-    }
-    for k, v in over.items():
-        raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
-    return raw
-
-
-def mlflow_runs(root: Path, study: str) -> dict[int, Any]:
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    exp = client.get_experiment_by_name(study)
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`vitsweep.kind` = 'trial'")
-    return {int(r.data.tags["optuna.trial_number"]): r for r in runs}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +124,7 @@ def test_failed_trials_record_reasons_and_the_sweep_goes_on(tmp_path):
     assert "diverged" in "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_two_workers_finish_exactly_n_trials(tmp_path):
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(sweep_dict(tmp_path, name="w", n_trials=6), sort_keys=False))
@@ -168,14 +140,14 @@ def test_two_workers_finish_exactly_n_trials(tmp_path):
     assert len(mlflow_runs(tmp_path, "w")) == 6
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
     raw = sweep_dict(tmp_path, name="k", n_trials=1, pruner={"name": "none"},
                      space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
-    raw["trainer"]["data"]["synthetic_train"] = 1500
-    raw["trainer"]["train"]["epochs"] = 30  # long enough that the kill lands mid-trial
+    raw["trainer"]["train"]["epochs"] = 30  # 30 x 0.2 s: long enough that the kill lands mid-trial
     path = tmp_path / "k.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = spawn_cli("run", str(path), cwd=tmp_path)
+    proc = spawn_sweep(path, tmp_path, epoch_s=0.2)
     url = f"sqlite:///{tmp_path}/optuna.db"
     try:
         wait_for_first_report("k", url, proc)
@@ -186,7 +158,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
             proc.kill()
     assert load_study("k", url).get_trials()[0].state == TrialState.RUNNING  # stuck without heartbeats
     lines: list[str] = []
-    run_sweep(build_sweep(raw), out=lines.append)  # waits for the grace period, then retries
+    run_sweep(build_sweep(raw), out=lines.append, train_fn=PacedTrain(0.01))  # waits out the grace period, retries
     trials = load_study("k", url).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
@@ -197,8 +169,6 @@ def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
 
 
 def test_environment_names_the_stores_a_sweep_file_leaves_out(tmp_path, monkeypatch, capsys):
-    from tests.helpers import cli
-
     raw = sweep_dict(tmp_path, n_trials=2)
     del raw["storage"]["url"], raw["tracking"]["uri"]
     (tmp_path / "env.yaml").write_text(yaml.safe_dump(raw))
@@ -216,7 +186,12 @@ def test_environment_names_the_stores_a_sweep_file_leaves_out(tmp_path, monkeypa
     code, out, err = cli("trials", capsys=capsys)  # no --storage: $VITSWEEP_STORAGE
     assert code == 0 and "s" in out and out.count("COMPLETE") + out.count("PRUNED") >= 2, (out, err)
 
-    # What the file says wins over the environment; a bad value names where it came from.
+
+def test_the_sweep_file_wins_over_the_environment_and_a_bad_value_names_its_source(tmp_path, monkeypatch, capsys):
+    raw = sweep_dict(tmp_path, n_trials=2)
+    del raw["storage"]["url"], raw["tracking"]["uri"]
+    (tmp_path / "env.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("VITSWEEP_STORAGE", f"sqlite:///{tmp_path}/env-optuna.db")
     raw["storage"]["url"] = f"sqlite:///{tmp_path}/file.db"
     assert build_sweep(raw).storage.url == f"sqlite:///{tmp_path}/file.db"
     monkeypatch.setenv("VITSWEEP_STORAGE", "postgres://host/db")

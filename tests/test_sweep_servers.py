@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_sweep_run import sweep_dict
-from vitsweep.study import run_sweep
-from vitsweep.sweep import build_sweep
+from tests.helpers import sweep_dict
+from vitsweep.sweep.runner import run_sweep
+from vitsweep.sweep.spec import build_sweep
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,13 @@ import optuna
 import pytest
 import yaml
 
-from vitsweep.config import DEFAULT_BETAS, load_config
+from vitsweep.train.config import DEFAULT_BETAS, load_config
 from vitsweep.errors import ConfigError
-from vitsweep.space import config_for_params, suggest
-from vitsweep.sweep import build_sweep, load_sweep
+from tests.helpers import TRAINER
+from vitsweep.sweep.space import config_for_params, suggest
+from vitsweep.sweep.spec import build_sweep, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-
-TRAINER: dict[str, Any] = {
-    "data": {"source": "synthetic", "synthetic_train": 300, "synthetic_test": 50, "val_size": 100},
-    "model": {"preset": "custom", "dim": 32, "depth": 1, "heads": 2, "patch_size": 8, "mlp_ratio": 2.0,
-              "drop_path": 0.0},
-    "optimizer": {"name": "adamw", "lr": 3e-3},
-    "schedule": {"warmup_epochs": 0},
-    "train": {"epochs": 3, "batch_size": 64, "device": "cpu"},
-}
 
 SPACE: dict[str, Any] = {
     "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw", "adam"]},

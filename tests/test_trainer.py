@@ -7,13 +7,13 @@ import time
 import pytest
 import torch
 
-from vitsweep import device as device_mod
-from vitsweep.checkpoint import load_checkpoint
+from vitsweep.train import device as device_mod
+from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.errors import VitsweepError, VitsweepWarning
-from vitsweep.model import ViT
-from vitsweep.trainer import build_optimizer, load_model, lr_at, train
+from vitsweep.train.model import ViT
+from vitsweep.train.loop import build_optimizer, load_model, lr_at, train
 
-from .conftest import tiny_config
+from tests.helpers import killed_then_resumed, tiny_config
 
 
 def test_vit_shapes_and_no_decay_groups(tiny):
@@ -112,15 +112,7 @@ def test_exception_in_on_epoch_stops_cleanly_after_checkpointing(tmp_path):
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     cfg = tiny_config(**{"train.epochs": 4, "augment.policy": "extended", "augment.mixup": 0.4, "model.drop_path": 0.1})
-    full = train(cfg, run_dir=tmp_path / "full")
-
-    def kill_after_2(epoch, metrics):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, kill_after_2, run_dir=tmp_path / "part")
-    resumed = train(cfg, run_dir=tmp_path / "part", resume=True)
+    full, resumed = killed_then_resumed(cfg, tmp_path)
     assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
     a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]

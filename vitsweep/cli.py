@@ -1,4 +1,7 @@
-"""The ``vitsweep`` command. Each command parses its options, then calls one function."""
+"""The ``vitsweep`` command. Each command parses its options, then calls one function.
+
+Each command imports what it calls inside its body (lazy on purpose): ``vitsweep --help`` and a
+mistyped option answer at once instead of after importing torch, Optuna and MLflow."""
 
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ ThreadsOption = Annotated[Optional[int], typer.Option(
 
 
 def _threads(threads: Optional[int]) -> None:
-    from vitsweep.device import set_threads
+    from vitsweep.train.device import set_threads
 
     set_threads(threads)
 
@@ -67,8 +70,9 @@ def train(
 ) -> None:
     """Train one ViT: a progress bar and a line per epoch, then best val and test accuracy."""
     from vitsweep import console
-    from vitsweep.config import load_config
-    from vitsweep.trainer import train as run_train
+    from vitsweep.train.config import load_config
+    from vitsweep.paths import RUNS_DIR
+    from vitsweep.train.loop import train as run_train
 
     _threads(threads)
 
@@ -78,7 +82,7 @@ def train(
     if resume is not None:
         run_dir = resume
     elif run_dir is None:
-        run_dir = Path("storage/runs") / f"{(config or Path('run')).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = RUNS_DIR / f"{(config or Path('run')).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     console.err(("resuming " if resume else "training ") + console.describe(cfg) + f"\nrun dir: {run_dir}")
     try:
         result = run_train(cfg, console.epoch_line(cfg.train.epochs), run_dir=run_dir, resume=resume is not None,
@@ -112,7 +116,7 @@ def evaluate(
     threads: ThreadsOption = None,
 ) -> None:
     """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid."""
-    from vitsweep.evaluate import format_summary, run_evaluate
+    from vitsweep.models.evaluate import format_summary, run_evaluate
 
     _threads(threads)
 
@@ -130,7 +134,7 @@ def bench(
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html."""
-    from vitsweep.bench import format_summary, parse_batch_sizes, run_bench
+    from vitsweep.models.bench import format_summary, parse_batch_sizes, run_bench
 
     print(format_summary(run_bench(ref, parse_batch_sizes(batch_sizes), device=device, out=out, min_time=min_time,
                                    threads=threads, tracking_uri=tracking_uri)))
@@ -144,7 +148,7 @@ def export(
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """ONNX or TorchScript file, verified against PyTorch's logits, with its config beside it as JSON."""
-    from vitsweep.export import format_summary, run_export
+    from vitsweep.models.export import format_summary, run_export
 
     print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
 
@@ -167,8 +171,8 @@ def run(
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no new trial after this many seconds.")] = None,
 ) -> None:
     """Run (or continue) a sweep: a line per trial, then the best trial and counts by state."""
-    from vitsweep.study import run_sweep
-    from vitsweep.sweep import load_sweep
+    from vitsweep.sweep.runner import run_sweep
+    from vitsweep.sweep.spec import load_sweep
 
     cfg = load_sweep(sweep).with_overrides(n_trials=n_trials, timeout=timeout, storage=storage,
                                            tracking_uri=tracking_uri)
@@ -182,8 +186,8 @@ def trials(
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table to this CSV file.")] = None,
 ) -> None:
     """Table of a study's trials: state, value, epochs, params, failure reason."""
-    from vitsweep.study import show_trials
-    from vitsweep.sweep import storage_url
+    from vitsweep.paths import storage_url
+    from vitsweep.sweep.trials import show_trials
 
     show_trials(study, storage_url(storage), csv)
 
@@ -204,7 +208,7 @@ def promote(
     threads: ThreadsOption = None,
 ) -> None:
     """Retrain the top trials at full length, test each best checkpoint, rank them (resumable)."""
-    from vitsweep.promote import DEFAULT_OUT, promote as run_promote
+    from vitsweep.promote.retrain import DEFAULT_OUT, promote as run_promote
 
     _threads(threads)
 
@@ -224,7 +228,7 @@ def report(
         "--promote-dir", help="vitsweep promote's --out, for the leaderboard [default: storage/promote].")] = None,
 ) -> None:
     """One self-contained HTML page of a study's plots, also logged to its MLflow parent run."""
-    from vitsweep.report import write_report
+    from vitsweep.report.page import write_report
 
     write_report(study, storage, tracking_uri, out, promote_dir)
 
@@ -236,8 +240,8 @@ def dashboard(
     port: Annotated[int, typer.Option("--port")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the sweep storage."""
-    from vitsweep.study import dashboard as serve
-    from vitsweep.sweep import storage_url
+    from vitsweep.paths import storage_url
+    from vitsweep.servers import dashboard as serve
 
     serve(storage_url(storage), host, port)
 
@@ -249,8 +253,8 @@ def ui(
     port: Annotated[int, typer.Option("--port")] = 5000,
 ) -> None:
     """Serve the MLflow UI (and REST API) on the sweeps' tracking store."""
-    from vitsweep.study import ui as serve
-    from vitsweep.sweep import tracking_uri as resolve_tracking
+    from vitsweep.paths import tracking_uri as resolve_tracking
+    from vitsweep.servers import ui as serve
 
     raise typer.Exit(serve(resolve_tracking(tracking_uri), host, port))
 

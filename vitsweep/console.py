@@ -5,12 +5,21 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from vitsweep.config import Config
-from vitsweep.trainer import TrainResult
+from vitsweep.train.config import Config
+from vitsweep.train.loop import TrainResult
+
+
+def say(line: str) -> None:
+    """A line on stdout, at once (the default ``out`` of the commands' functions)."""
+    print(line, flush=True)
 
 
 def err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def warn(line: str) -> None:
+    err(f"warning: {line}")
 
 
 def describe(cfg: Config) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from vitsweep.errors import ConfigError
+from vitsweep.paths import CACHE_DIR, DATA_ROOT
 
 # ---------------------------------------------------------------------------------------------
 # Sections
@@ -28,7 +29,7 @@ from vitsweep.errors import ConfigError
 @dataclass(frozen=True)
 class DataConfig:
     source: Literal["cifar10", "imagefolder", "synthetic"] = "cifar10"
-    root: str = "storage/data/cifar10"  # cifar10: torchvision's folder; imagefolder: has train/, test/
+    root: str = DATA_ROOT  # cifar10: torchvision's folder; imagefolder: has train/, test/
     download: bool = True  # cifar10 only
     image_size: int = 32  # imagefolder images are resized to this on first decode
     val_size: int = 5000  # held out of the training set, stratified, for trials and early stopping
@@ -38,7 +39,7 @@ class DataConfig:
     synthetic_train: int = 600  # synthetic source: training pool size (val split included)
     synthetic_test: int = 200
     synthetic_classes: int = 10
-    cache_dir: str = "storage/cache"  # decoded uint8 tensors of imagefolder data
+    cache_dir: str = CACHE_DIR  # decoded uint8 tensors of imagefolder data
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,8 @@ def _coerce(value: Any, hint: Any) -> Any:
     raise ValueError(f"unsupported type {hint}")  # pragma: no cover
 
 
+# One function on purpose: a flat list of independent range checks, one line each, is easier to
+# scan and extend than the same checks spread over helpers.
 def _check(cfg: Config) -> list[str]:
     """Cross-field and range checks; each message names the key and what is allowed."""
     e: list[str] = []
@@ -461,3 +464,9 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# The sweep-file parser (vitsweep.sweep.spec) validates its sections and searched values the same way.
+SECTION_TYPES = _SECTION_TYPES
+coerce = _coerce
+unknown_key = _unknown

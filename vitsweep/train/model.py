@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitsweep.config import ModelConfig
+from vitsweep.train.config import ModelConfig
 
 
 class DropPath(nn.Module):

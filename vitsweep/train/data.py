@@ -20,11 +20,9 @@ from typing import Callable
 
 import torch
 
-from vitsweep.config import DataConfig
+from vitsweep.train.config import DataConfig
 from vitsweep.errors import DataError, VitsweepWarning
-
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
+from vitsweep.paths import atomic_write
 
 @dataclass
 class Dataset:
@@ -248,10 +246,7 @@ def _decode_cached(paths: list[str], root: Path, cfg: DataConfig) -> torch.Tenso
         except Exception:
             cache.unlink(missing_ok=True)  # corrupt or truncated: decode again
     images = _decode(paths, cfg.image_size)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save(images, tmp)
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda tmp: torch.save(images, tmp))
     return images
 
 

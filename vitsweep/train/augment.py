@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from vitsweep.config import AugmentConfig
+from vitsweep.train.config import AugmentConfig
 
 
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:

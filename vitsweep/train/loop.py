@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitsweep.augment import BatchAugment
-from vitsweep.checkpoint import load_checkpoint, save_atomic
-from vitsweep.config import Config, ModelConfig, OptimizerConfig, TrainConfig, build_config, dump_config
-from vitsweep.data import Dataset, load_data
-from vitsweep.device import DTYPES, effective_precision, resolve_device, synchronize
+from vitsweep.train.augment import BatchAugment
+from vitsweep.train.checkpoint import load_checkpoint, save_atomic
+from vitsweep.train.config import Config, ModelConfig, OptimizerConfig, TrainConfig, build_config, dump_config
+from vitsweep.train.data import Dataset, load_data
+from vitsweep.train.device import DTYPES, effective_precision, resolve_device, synchronize
 from vitsweep.errors import VitsweepError, VitsweepWarning
-from vitsweep.model import ViT, build_model, count_params, forward_flops, kept_tokens
+from vitsweep.train.model import ViT, build_model, count_params, forward_flops, kept_tokens
 
 OnEpoch = Callable[[int, dict[str, float]], None]
 
@@ -69,6 +69,8 @@ class TrainResult:
     compiled: bool = False  # whether the training forward ended up compiled (train.compile)
 
 
+# One function on purpose (~100 lines): the epoch loop reads top to bottom as one training run
+# (set-up, resume, epochs, checkpoints, stop reasons, test), the way the README describes it.
 def train(
     config: Config,
     on_epoch: OnEpoch | None = None,

@@ -1,20 +1,23 @@
-"""A trained model from a checkpoint reference (path or MLflow run id), ready for inference.
+"""A trained model from a checkpoint reference (path or MLflow run id), ready for inference:
+``resolve_checkpoint`` finds the file, ``load_ref`` rebuilds the model.
 
 Shared by ``evaluate``, ``bench`` and ``export``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vitsweep.checkpoint import resolve_checkpoint
-from vitsweep.config import Config
+from vitsweep.train.config import Config
 from vitsweep.errors import VitsweepError
-from vitsweep.model import ViT
+from vitsweep.train.model import ViT
+from vitsweep.paths import tracking_uri as resolve_tracking
+from vitsweep.train.loop import load_model
 
 
 @dataclass
@@ -46,6 +49,36 @@ class Loaded:
                 "config": self.config.to_dict()}
 
 
+def _looks_like_path(ref: str) -> bool:
+    return os.sep in ref or "/" in ref or ref.endswith((".pt", ".pth")) or ref.startswith(".")
+
+
+def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    """A local checkpoint file for ``ref``: an existing path as is, or an MLflow run id
+    (``abc123...`` or ``runs:/abc123...``) whose ``checkpoint/best.pt`` artifact is downloaded into
+    ``dst`` (default: ``storage/cache/mlflow/<run_id>/``, giving ``.../<run_id>/best.pt``). Anything else is a VitsweepError (exit 2)
+    that says what was looked for and where. The file is not opened here; ``load_checkpoint`` checks it.
+    """
+    text = str(ref).strip()
+    if Path(text).exists():
+        p = Path(text)
+        if p.is_dir():
+            for name in ("best.pt", "last.pt"):
+                if (p / name).is_file():
+                    return p / name
+            raise VitsweepError(f"{p} is a folder with no best.pt or last.pt in it; give a checkpoint file "
+                                f"(e.g. storage/runs/NAME/best.pt) or an MLflow run id")
+        return p
+    run_id = text[len("runs:/"):].split("/")[0] if text.startswith("runs:/") else text
+    if not text.startswith("runs:/") and (isinstance(ref, Path) or _looks_like_path(text) or not run_id.replace("-", "").isalnum()):
+        raise VitsweepError(f"checkpoint {text}: no such file. Give the path of a best.pt (e.g. "
+                            f"storage/runs/NAME/best.pt, written by vitsweep train) or an MLflow run id")
+    # lazy: MLflow takes about a second to import, and only a run id needs it
+    from vitsweep.tracking.artifacts import download_checkpoint
+
+    return download_checkpoint(run_id, resolve_tracking(tracking_uri), dst)
+
+
 def ref_name(path: Path) -> str:
     """``storage/runs/foo/best.pt`` -> ``foo``; ``.../last.pt`` -> ``foo-last``; ``x/model.pt`` -> ``model``."""
     if path.name in ("best.pt", "last.pt"):
@@ -55,8 +88,6 @@ def ref_name(path: Path) -> str:
 
 
 def load_ref(ref: str | Path, device: torch.device | str = "cpu", tracking_uri: str | None = None) -> Loaded:
-    from vitsweep.trainer import load_model
-
     path = resolve_checkpoint(ref, tracking_uri)
     try:
         model, config, meta = load_model(path, device)

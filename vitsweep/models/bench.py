@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from vitsweep.device import device_name, resolve_device, synchronize
+from vitsweep.train.device import device_name, resolve_device, synchronize
 from vitsweep.errors import VitsweepError
-from vitsweep.inference import load_ref
+from vitsweep.paths import BENCH_DIR
+from vitsweep.models.inference import load_ref
 
 DEFAULT_BATCH_SIZES = (1, 4, 16, 64, 128)
 
@@ -91,7 +92,7 @@ def run_bench(ref: str, batch_sizes: list[int] | tuple[int, ...] = DEFAULT_BATCH
 
 def _bench(ref: str, batch_sizes, dev: torch.device, out, tracking_uri, min_time, warmup, max_iters) -> BenchResult:  # noqa: ANN001
     loaded = load_ref(ref, dev, tracking_uri)
-    out_dir = Path(out) if out is not None else Path("storage/bench") / loaded.name
+    out_dir = Path(out) if out is not None else BENCH_DIR / loaded.name
     model, size = loaded.model.eval(), loaded.image_size
     gen = torch.Generator().manual_seed(0)
     rows = []

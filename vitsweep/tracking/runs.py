@@ -8,36 +8,31 @@ KILLED pruned, FAILED failed) and into the tags ``vitsweep.trial_state`` / ``vit
 
 from __future__ import annotations
 
-import platform
 import queue
 import threading
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
-from vitsweep.config import Config
-from vitsweep.sqlite import prepare_sqlite
+from mlflow.entities import Metric, Param as MParam, RunTag
 
-# Optuna trial state -> MLflow run status
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-TAG_STATE, TAG_REASON = "vitsweep.trial_state", "vitsweep.reason"
-TAG_TRIAL, TAG_STUDY = "optuna.trial_number", "optuna.study_name"
-PARENT_ATTR, RUN_ATTR = "mlflow_parent_run_id", "mlflow_run_id"
+from vitsweep.train.config import Config
+from vitsweep.paths import tracking_off
+from vitsweep.tracking.client import experiment_id, open_client
+from vitsweep.tracking.tags import (KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_PARENT, TAG_REASON,
+                                    TAG_STATE, TAG_STUDY, TAG_TRIAL, hardware_tags)
 
 
-def _hardware_tags(device: str | None) -> dict[str, str]:
-    import torch
+def metrics_at(metrics: dict[str, float], step: int = 0) -> list[Metric]:
+    """MLflow metrics stamped now at ``step`` (``epoch`` is the step, not a metric)."""
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
 
-    from vitsweep.device import device_name, resolve_device
 
-    tags = {"torch.version": torch.__version__, "python.version": platform.python_version(),
-            "host": platform.node()}
-    try:
-        tags["hardware.device"] = device_name(resolve_device(device or "auto"))
-    except Exception:  # noqa: BLE001 - a tag must never fail a trial
-        tags["hardware.device"] = str(device)
-    return tags
+def params_of(flat: dict[str, Any]) -> list[list[MParam]]:
+    """A flat config as MLflow params, in batches of 100 (MLflow's limit per call)."""
+    items = [MParam(k, str(list(v) if isinstance(v, tuple) else v)) for k, v in flat.items()]
+    return [items[i : i + 100] for i in range(0, len(items), 100)]
 
 
 class _Background:
@@ -76,7 +71,7 @@ class Tracker:
     ``end_trial`` waits for them before it ends the run."""
 
     def __init__(self, uri: str, experiment: str, artifacts: str, background: bool = False):
-        self.uri, self.experiment_name, self.enabled = uri, experiment, uri.lower() != "none"
+        self.uri, self.experiment_name, self.enabled = uri, experiment, not tracking_off(uri)
         self.client: Any = None
         self.experiment_id: str | None = None
         self._bg: _Background | None = None
@@ -84,31 +79,8 @@ class Tracker:
             return
         if background:
             self._bg = _Background()
-        import logging
-
-        from mlflow import MlflowClient
-
-        for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables..." etc.
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-        prepare_sqlite(uri)
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            try:
-                if "://" in artifacts:
-                    location: str | None = artifacts
-                elif uri.lower().startswith(("http://", "https://")):
-                    location = None  # a tracking server stores artifacts where its --artifacts-destination says
-                else:
-                    location = Path(artifacts).resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-            except Exception:  # noqa: BLE001 - another worker created it first
-                exp = self.client.get_experiment_by_name(experiment)
-                if exp is None:
-                    raise
-        if exp is not None:
-            self.experiment_id = exp.experiment_id
+        self.client = open_client(uri)
+        self.experiment_id = experiment_id(self.client, uri, experiment, artifacts)
 
     # -- parent ---------------------------------------------------------------------------------
 
@@ -124,8 +96,7 @@ class Tracker:
             except Exception:  # noqa: BLE001 - deleted or a different tracking store: start anew
                 pass
         run = self.client.create_run(self.experiment_id, run_name=study_name,
-                                     tags={TAG_STUDY: study_name, "vitsweep.kind": "sweep", **tags,
-                                           **_hardware_tags(None)})
+                                     tags={TAG_STUDY: study_name, TAG_KIND: KIND_SWEEP, **tags, **hardware_tags(None)})
         return run.info.run_id
 
     def end_parent(self, run_id: str | None, status: str | None, metrics: dict[str, float]) -> None:
@@ -133,10 +104,7 @@ class Tracker:
         on other hosts still run trials; the last one to finish ends it)."""
         if not self.enabled or not run_id:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        self.client.log_batch(run_id, metrics=metrics_at(metrics))
         if status is not None:
             self.client.set_terminated(run_id, status=status)
 
@@ -148,18 +116,14 @@ class Tracker:
         params when no valid config could be built from them)."""
         if not self.enabled:
             return None
-        from mlflow.entities import Param as MParam
-
         tags = {TAG_STUDY: study_name, TAG_TRIAL: str(number), TAG_STATE: "RUNNING",
-                "vitsweep.kind": "trial", **_hardware_tags(config.train.device if config else None)}
+                TAG_KIND: KIND_TRIAL, **hardware_tags(config.train.device if config else None)}
         if parent_id:
-            tags["mlflow.parentRunId"] = parent_id
+            tags[TAG_PARENT] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=f"{study_name}-trial-{number}", tags=tags)
         flat = config.flat() if config is not None else {f"sampled.{k}": v for k, v in params.items()}
-        flat = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flat.items()}
-        items = [MParam(k, str(v)) for k, v in flat.items()]
-        for i in range(0, len(items), 100):
-            self._write(self.client.log_batch, run.info.run_id, params=items[i : i + 100])
+        for batch in params_of(flat):
+            self._write(self.client.log_batch, run.info.run_id, params=batch)
         return run.info.run_id
 
     def _write(self, fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -176,17 +140,11 @@ class Tracker:
     def log_epoch(self, run_id: str | None, epoch: int, metrics: dict[str, float]) -> None:
         if not self.enabled or not run_id:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._write(self.client.log_batch, run_id,
-                    metrics=[Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
+        self._write(self.client.log_batch, run_id, metrics=metrics_at(metrics, epoch))
 
     def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
         if not self.enabled or not run_id or not tags:
             return
-        from mlflow.entities import RunTag
-
         self._write(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end_trial(self, run_id: str | None, state: str, reason: str = "", value: float | None = None,
@@ -194,12 +152,8 @@ class Tracker:
         """End a trial's run: status from the Optuna state, tags with state and reason."""
         if not self.enabled or not run_id:
             return
-        from mlflow.entities import Metric, RunTag
-
         tags = [RunTag(TAG_STATE, state), RunTag(TAG_REASON, reason[:4000] or state.lower())]
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"best_{metric}", float(value), now, 0)] if value is not None else []
-        metrics += [Metric(k, float(v), now, 0) for k, v in (extra or {}).items()]
+        metrics = metrics_at({**({f"best_{metric}": value} if value is not None else {}), **(extra or {})})
         try:
             try:
                 self.flush()
@@ -208,12 +162,3 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
         finally:
             self.client.set_terminated(run_id, status=RUN_STATUS.get(state, "FAILED"))
-
-    def trial_runs(self, study_name: str) -> list[Any]:
-        """All trial runs of a study (``mlflow.entities.Run``), newest first."""
-        if not self.enabled:
-            return []
-        return self.client.search_runs([self.experiment_id],
-                                       filter_string=f"tags.`{TAG_STUDY}` = '{study_name}' "
-                                                     f"and tags.`vitsweep.kind` = 'trial'",
-                                       max_results=10000)

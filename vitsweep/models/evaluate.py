@@ -22,12 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitsweep.augment import BatchAugment
-from vitsweep.data import load_data
-from vitsweep.device import device_name, resolve_device
+from vitsweep.train.augment import BatchAugment
+from vitsweep.train.data import load_data
+from vitsweep.train.device import device_name, resolve_device
 from vitsweep.errors import VitsweepError, VitsweepWarning
-from vitsweep.inference import Loaded, load_ref
-from vitsweep.trainer import EvalResult, evaluate as evaluate_split
+from vitsweep.models.inference import Loaded, load_ref
+from vitsweep.paths import EVAL_DIR
+from vitsweep.train.loop import EvalResult, evaluate as evaluate_split
 
 FP8_E4M3_MAX = 448.0  # largest finite torch.float8_e4m3fn value
 
@@ -44,7 +45,7 @@ def run_evaluate(ref: str, out: str | Path | None = None, device: str = "auto", 
     """Evaluate ``ref`` (checkpoint path or MLflow run id) once on the test split of its own data."""
     dev = resolve_device(device)
     loaded = load_ref(ref, dev, tracking_uri)
-    out_dir = Path(out) if out is not None else Path("storage/eval") / loaded.name
+    out_dir = Path(out) if out is not None else EVAL_DIR / loaded.name
     with warnings.catch_warnings():  # the train split is not used here: its size does not matter
         warnings.filterwarnings("ignore", message="data.train_limit", category=VitsweepWarning)
         data = load_data(loaded.config.data, dev)

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from vitsweep.errors import VitsweepError
-from vitsweep.inference import Loaded, load_ref
+from vitsweep.models.inference import Loaded, load_ref
+from vitsweep.paths import EXPORT_DIR
 
 FORMATS = ("onnx", "torchscript")
 FILENAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -51,7 +52,7 @@ def run_export(ref: str, format: str = "onnx", out: str | Path | None = None, tr
     if fmt not in FORMATS:
         raise VitsweepError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     loaded = load_ref(ref, "cpu", tracking_uri)  # export on the CPU: portable, deterministic
-    out_dir = Path(out) if out is not None else Path("storage/export") / loaded.name
+    out_dir = Path(out) if out is not None else EXPORT_DIR / loaded.name
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FILENAMES[fmt]
     example = torch.randn(2, 3, loaded.image_size, loaded.image_size, generator=torch.Generator().manual_seed(0))

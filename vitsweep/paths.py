@@ -1,0 +1,127 @@
+"""Where things are kept: every ``storage/...`` default, the store URLs (options, environment,
+defaults), the embedded SQLite stores, and the one way files are written atomically.
+
+Stores: the Optuna storage of commands that take ``--storage`` is ``--storage``, else
+``$VITSWEEP_STORAGE``, else ``sqlite:///storage/optuna.db``; the MLflow store is ``--tracking-uri``,
+else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///storage/mlflow.db``. A sweep file's
+``storage.url`` / ``tracking.uri`` come before the environment (``vitsweep.sweep.spec``).
+
+Embedded SQLite stores (Optuna's and MLflow's) are shared by several processes on one machine: WAL
+journaling lets readers run beside the one writer, and a busy timeout makes a writer wait for the
+lock instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+from vitsweep.errors import ConfigError
+
+# Everything vitsweep writes by default lives under storage/ (ignored by git).
+STORAGE = Path("storage")
+DEFAULT_STORAGE = "sqlite:///storage/optuna.db"
+DEFAULT_TRACKING = "sqlite:///storage/mlflow.db"
+DEFAULT_ARTIFACTS = "storage/mlartifacts"
+DEFAULT_TRIALS_DIR = "storage/trials"
+DATA_ROOT = "storage/data/cifar10"
+CACHE_DIR = "storage/cache"
+RUNS_DIR = STORAGE / "runs"
+PROMOTE_DIR = STORAGE / "promote"
+REPORTS_DIR = STORAGE / "reports"
+EVAL_DIR = STORAGE / "eval"
+BENCH_DIR = STORAGE / "bench"
+EXPORT_DIR = STORAGE / "export"
+MLFLOW_CACHE_DIR = STORAGE / "cache" / "mlflow"
+
+STORAGE_ENV = "VITSWEEP_STORAGE"  # like MLflow's MLFLOW_TRACKING_URI, for the Optuna storage
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+BUSY_TIMEOUT_S = 60.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Store URLs
+
+
+def storage_url(given: str | None = None) -> str:
+    """The Optuna storage of commands that take ``--storage``: ``--storage``, else
+    ``$VITSWEEP_STORAGE``, else ``sqlite:///storage/optuna.db``. A bad URL is a ConfigError."""
+    if given is not None:
+        check_url(given, "--storage")
+        return given
+    env = os.environ.get(STORAGE_ENV)
+    if env:
+        check_url(env, f"${STORAGE_ENV}")
+        return env
+    return DEFAULT_STORAGE
+
+
+def tracking_uri(given: str | None = None) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///storage/mlflow.db``."""
+    return given or os.environ.get(TRACKING_ENV) or DEFAULT_TRACKING
+
+
+def check_url(url: str, where: str, errors: list[str] | None = None) -> None:
+    """Append the problem to ``errors``, or raise it when there is no list to collect it in."""
+    if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
+        msg = f"{where} = {url!r}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..."
+        if errors is None:
+            raise ConfigError(msg)
+        errors.append(msg)
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgresql+", "postgres://"))
+
+
+def is_http(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
+def tracking_off(uri: str) -> bool:
+    """``--tracking-uri none`` turns MLflow off."""
+    return uri.lower() == "none"
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedded SQLite stores
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///relative.db`` or ``sqlite:////abs.db`` URL; None for other URLs."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///")
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def prepare_sqlite(url: str) -> None:
+    """Create the parent folder and switch the database to WAL (persistent in the file)."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a temporary file in the same folder, then rename it to ``path``: a reader
+    never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)

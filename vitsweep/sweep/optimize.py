@@ -1,0 +1,96 @@
+"""The worker loop (like Optuna's ``study/_optimize.py``): run trials of a sweep's study, one at a
+time, until the study-wide budget (``study.n_trials`` trials, all workers together) is used up.
+
+The budget lock is held from "is there budget left?" until the new trial is RUNNING in storage
+(the objective's ``on_start`` releases it), so that workers never start more than ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+import optuna
+
+from vitsweep import console
+from vitsweep.train.data import load_data
+from vitsweep.train.device import resolve_device
+from vitsweep.errors import VitsweepError
+from vitsweep.sweep import placement
+from vitsweep.sweep.heartbeat import StaleTrial, fail_stale_trials
+from vitsweep.sweep.locks import budget_lock
+from vitsweep.sweep.objective import Objective, TrainFn, TrialFailed
+from vitsweep.sweep.spec import SweepConfig
+from vitsweep.sweep.storage import open_storage
+from vitsweep.sweep.study import build_pruner, build_sampler, sweep_tracker
+from vitsweep.sweep.trials import budget, trial_line
+from vitsweep.train.loop import train
+
+Out = Callable[[str], None]
+
+
+def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None, out: Out = console.say,
+           tag: str = "", device: str | None = None, train_fn: TrainFn = train) -> int:
+    """Run trials of the sweep's study until its budget is used up; returns the trials this worker ran.
+    ``device`` (from the worker placement plan) replaces the trials' ``train.device``."""
+    tracker = sweep_tracker(sweep, background=True)
+    st = sweep.storage
+    storage = open_storage(st.url, create=True, heartbeat_interval=st.heartbeat_interval,
+                           grace_period=st.grace_period, stale_callback=StaleTrial(st.max_retry, tracker))
+    n_existing = len(optuna.load_study(study_name=sweep.study.name, storage=storage).get_trials(deepcopy=False))
+    seed = None if sweep.study.seed is None else sweep.study.seed + 7919 * index + 104729 * n_existing
+    study = optuna.load_study(study_name=sweep.study.name, storage=storage, sampler=build_sampler(sweep, seed),
+                              pruner=build_pruner(sweep))
+    deadline = None if sweep.study.timeout is None else time.monotonic() + sweep.study.timeout
+
+    def progress(study_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        out(tag + trial_line(t, sweep.study.metric, sweep.epochs))
+
+    ran, loaded = 0, False
+    with budget_lock(st.url, sweep.study.name) as lock:
+        objective = Objective(sweep, tracker, parent_run_id, train_fn, on_start=lock.release, device=device)
+        while deadline is None or time.monotonic() < deadline:
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+                break
+            if not loaded:
+                f, r, w = budget(study)
+                if w or f + r < sweep.study.n_trials:
+                    # Memoized: decoded once per process, before its first trial (a DataError stops the sweep).
+                    load_data(sweep.base.data, resolve_device(device or sweep.base.train.device))
+                    loaded = True
+            with lock.holding():
+                finished, running, waiting = budget(study)
+                full = waiting == 0 and finished + running >= sweep.study.n_trials
+                if not full:
+                    study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[progress])
+                    ran += 1
+            if full:
+                if running == 0:
+                    break
+                # Others are still running: wait for them, or for their heartbeats to go stale
+                # (then their trials come back WAITING and this worker runs them).
+                time.sleep(min(2.0, st.heartbeat_interval))
+                fail_stale_trials(study)
+    return ran
+
+
+def device_override(where: placement.Placement, sweep: SweepConfig) -> str | None:
+    """The device a worker's trials train on, where the plan differs from the trainer config's."""
+    return where.device if where.device != sweep.base.train.device else None
+
+
+def worker_process(sweep: SweepConfig, where: placement.Placement, parent: str | None, train_fn: TrainFn) -> None:
+    """A worker in a process of its own (``vitsweep run --workers N``), placed as the plan says:
+    exit 130 on Ctrl-C, 2 on a user's mistake (printed as ``error: [worker N] ...``)."""
+    index = where.index
+    placement.apply(where)
+    console.say(f"[w{index}] {where.describe()}")
+    try:
+        worker(sweep, index, parent, console.say, tag=f"[w{index}] ", device=device_override(where, sweep),
+               train_fn=train_fn)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except VitsweepError as e:
+        print(f"error: [worker {index}] {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -1,0 +1,131 @@
+"""``vitsweep run``: open (or continue) the study named in the sweep, make the MLflow parent run,
+then run trials in ``workers`` processes until the study holds ``study.n_trials`` trials (a
+study-wide budget, not per worker), and say how it went.
+
+``run_sweep(sweep, workers, train_fn=train)``: every trial trains with ``train_fn`` (the real
+trainer by default; benchmarks and tests pass a light stand-in with the same signature).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+
+from vitsweep import console
+from vitsweep.errors import ConfigError
+from vitsweep.sweep.objective import TrainFn
+from vitsweep.sweep import placement
+from vitsweep.sweep.optimize import device_override, worker, worker_process
+from vitsweep.sweep.space import describe_params
+from vitsweep.sweep.spec import SweepConfig
+from vitsweep.sweep.storage import open_storage
+from vitsweep.sweep.study import set_up, sweep_tracker
+from vitsweep.sweep.trials import budget, describe_counts, state_counts
+from vitsweep.tracking.client import check_tracking_server
+from vitsweep.train.loop import train
+
+
+@dataclass
+class SweepSummary:
+    study_name: str
+    counts: dict[str, int]
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    parent_run_id: str | None
+    wall_time: float
+    interrupted: bool = False
+    lines: list[str] = field(default_factory=list)
+
+
+def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] = console.say,
+              train_fn: TrainFn = train) -> SweepSummary:
+    """``vitsweep run``: create or continue the study, then run trials in ``workers`` processes."""
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be >= 1")
+    t0 = time.perf_counter()
+    check_tracking_server(sweep.tracking.uri)  # an unreachable MLflow server: exit 2 before any trial
+    storage = open_storage(sweep.storage.url, create=True)
+    tracker = sweep_tracker(sweep)
+    study, parent = set_up(sweep, storage, tracker)
+    out(f"study {sweep.study.name} ({sweep.storage.url}): {budget(study)[0]}/{sweep.study.n_trials} trials done; "
+        f"{sweep.sampler.name} sampler, {sweep.pruner.name} pruner, {sweep.epochs} epochs per trial, "
+        f"{workers} worker(s)" + (f"; MLflow {sweep.tracking.uri} experiment {tracker.experiment_name}"
+                                  if tracker.enabled else ""))
+    placements = placement.plan(workers, sweep.base.train.device)
+    for p in placements:
+        out(p.describe())
+    for warning in placement.warnings_for(placements, sweep.base.train.device):
+        out(f"warning: {warning}")
+    interrupted = False
+    try:
+        if workers == 1:
+            worker(sweep, 0, parent, out, device=device_override(placements[0], sweep), train_fn=train_fn)
+        else:
+            _fan_out(sweep, placements, parent, out, train_fn)
+    except KeyboardInterrupt:
+        interrupted = True
+    final = optuna.load_study(study_name=sweep.study.name, storage=storage)
+    summary = summarize(final, parent, time.perf_counter() - t0, interrupted)
+    metric = sweep.study.metric
+    finished, running, waiting = budget(final)
+    others = running > 0 or (waiting > 0 and finished < sweep.study.n_trials)  # workers elsewhere go on
+    tracker.end_parent(parent, "KILLED" if interrupted else None if others else "FINISHED",
+                       {**{f"trials_{k.lower()}": v for k, v in summary.counts.items()},
+                        **({f"best_{metric}": summary.best_value} if summary.best_value is not None else {})})
+    for line in summary.lines:
+        out(line)
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _fan_out(sweep: SweepConfig, placements: list[placement.Placement], parent: str | None,
+             out: Callable[[str], None], train_fn: TrainFn) -> None:
+    """Run a worker process per placement and wait for them; Ctrl-C is passed on to each."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=worker_process, args=(sweep, where, parent, train_fn), daemon=False)
+             for where in placements]
+    for p, where in zip(procs, placements):
+        with placement.started_with(where):  # thread variables set before torch loads in the worker
+            p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive() and p.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGINT)
+        for p in procs:
+            p.join(60)
+            if p.is_alive():
+                p.terminate()
+        raise
+    bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
+    if bad and not any(c == 130 for c in bad):
+        out(f"warning: {len(bad)} worker(s) exited with code(s) {bad}")
+
+
+def summarize(study: optuna.Study, parent: str | None, wall: float, interrupted: bool = False) -> SweepSummary:
+    trials = study.get_trials(deepcopy=False)
+    counts = state_counts(trials)
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    lines = [f"{'interrupted' if interrupted else 'done'}: study {study.study_name}, {len(trials)} trial(s) "
+             f"({describe_counts(counts)}) in {wall:.1f}s"]
+    if best is not None:
+        lines.append(f"best: trial {best.number}, value {best.value:.4f}, {describe_params(best.params)}")
+    if parent:
+        lines.append(f"MLflow parent run: {parent}  (vitsweep ui)")
+    return SweepSummary(study.study_name, counts, best.number if best else None, best.value if best else None,
+                        dict(best.params) if best else {}, parent, wall, interrupted, lines)

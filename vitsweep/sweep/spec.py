@@ -1,0 +1,291 @@
+"""Sweep files: YAML -> a frozen, validated :class:`SweepConfig`.
+
+Every check happens here, before anything touches storage: a bad sweep file fails with exit code 2,
+naming the key, and leaves no database behind. Everything downstream (space, study, tracking) takes
+a :class:`SweepConfig` and trusts it.
+
+Layout of a sweep file (see ``sweeps/*.yaml``)::
+
+    study:   {name, direction, metric, n_trials, timeout, seed}
+    sampler: {name: tpe | random | grid, n_startup_trials, multivariate, group, constant_liar}
+    pruner:  {name: hyperband | median | none, min_resource, reduction_factor, ...}
+    storage: {url, heartbeat_interval, grace_period, max_retry}
+    tracking: {uri, experiment, artifacts}
+    trials:  {dir, keep_checkpoints}
+    base:    path/to/train.yaml        # optional, relative to the sweep file
+    trainer: {data: ..., model: ..., train: {epochs: 5}}   # merged over `base`
+    space:   {param_name: {path: optimizer.lr, low: .., high: .., log: true, step: .., when: ..}}
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitsweep.train.config import Config, build_config, coerce, read_yaml, unknown_key
+from vitsweep.errors import ConfigError
+from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR, check_url,
+                            storage_url, tracking_uri)
+from vitsweep.sweep.space import Param, check_grid, parse_space
+
+METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The frozen result
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    direction: str = "maximize"
+    metric: str = "val_acc"
+    n_trials: int = 20
+    timeout: float | None = None  # seconds per `vitsweep run` invocation; no new trial after it
+    seed: int | None = 0
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = "tpe"  # tpe | random | grid
+    n_startup_trials: int = 10  # TPE: random trials first, counted per Hyperband bracket
+    multivariate: bool = True
+    group: bool = True  # TPE: model conditional sub-spaces separately (needs multivariate)
+    constant_liar: bool = True  # TPE: running trials count as bad, so parallel workers spread out
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    name: str = "hyperband"  # hyperband | median | none
+    min_resource: int = 1  # hyperband: epochs before the first rung
+    reduction_factor: int = 3  # hyperband: keep the best 1/eta at each rung
+    bootstrap_count: int = 0
+    n_startup_trials: int = 5  # median: trials before pruning starts
+    n_warmup_steps: int = 1  # median: epochs before a trial can be pruned
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    url: str = DEFAULT_STORAGE
+    heartbeat_interval: int = 60  # seconds between a running trial's heartbeats
+    grace_period: int | None = None  # seconds without a heartbeat before a trial counts as dead
+    max_retry: int = 2  # re-queue a dead worker's trial this many times
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    uri: str = DEFAULT_TRACKING  # "none" disables MLflow
+    experiment: str | None = None  # default: the study name
+    artifacts: str = DEFAULT_ARTIFACTS
+
+
+@dataclass(frozen=True)
+class TrialsSpec:
+    dir: str = DEFAULT_TRIALS_DIR  # per trial: DIR/<study>/<trial number>/ (checkpoints)
+    keep_checkpoints: bool = False  # delete a trial's checkpoints when it ends
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    study: StudySpec
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+    storage: StorageSpec
+    tracking: TrackingSpec
+    trials: TrialsSpec
+    base: Config  # the trainer config every trial starts from (train.test already off)
+    space: tuple[Param, ...]
+    source: str = "sweep"
+
+    @property
+    def epochs(self) -> int:
+        return self.base.train.epochs
+
+    def with_overrides(self, *, n_trials: int | None = None, timeout: float | None = None,
+                       storage: str | None = None, tracking_uri: str | None = None) -> SweepConfig:
+        """Command-line options over the file's values (validated like the file)."""
+        study, st, tr = self.study, self.storage, self.tracking
+        if n_trials is not None:
+            if n_trials < 1:
+                raise ConfigError(f"--n-trials {n_trials}: must be >= 1")
+            study = dataclasses.replace(study, n_trials=n_trials)
+        if timeout is not None:
+            if timeout <= 0:
+                raise ConfigError(f"--timeout {timeout}: must be > 0 seconds")
+            study = dataclasses.replace(study, timeout=timeout)
+        if storage is not None:
+            check_url(storage, "--storage")
+            st = dataclasses.replace(st, url=storage)
+        if tracking_uri is not None:
+            tr = dataclasses.replace(tr, uri=tracking_uri)
+        return dataclasses.replace(self, study=study, storage=st, tracking=tr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep file; raises :class:`ConfigError` listing every problem."""
+    p = Path(path)
+    raw = read_yaml(p)
+    return build_sweep(raw, source=str(p), base_dir=p.parent)
+
+
+_TOP = ("study", "sampler", "pruner", "storage", "tracking", "trials", "base", "trainer", "space")
+
+
+def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | None = None) -> SweepConfig:
+    errors: list[str] = []
+    for key in raw:
+        if key not in _TOP:
+            errors.append(unknown_key(str(key), list(_TOP)))
+
+    study_raw = dict(_mapping(raw, "study", errors))
+    study_raw.setdefault("name", Path(source).stem)
+    study = _section("study", StudySpec, study_raw, errors)
+    sampler = _section("sampler", SamplerSpec, _mapping(raw, "sampler", errors), errors)
+    pruner = _section("pruner", PrunerSpec, _mapping(raw, "pruner", errors), errors)
+    # Where the file names no store, the commands' own defaults apply (environment, then SQLite).
+    storage_raw, tracking_raw = dict(_mapping(raw, "storage", errors)), dict(_mapping(raw, "tracking", errors))
+    if "url" not in storage_raw:
+        try:
+            storage_raw["url"] = storage_url()
+        except ConfigError as e:  # a bad $VITSWEEP_STORAGE: listed with the file's problems
+            errors.append(str(e))
+    tracking_raw.setdefault("uri", tracking_uri())
+    storage = _section("storage", StorageSpec, storage_raw, errors)
+    tracking = _section("tracking", TrackingSpec, tracking_raw, errors)
+    trials = _section("trials", TrialsSpec, _mapping(raw, "trials", errors), errors)
+
+    _check_sections(study, sampler, pruner, storage, errors)
+
+    base_cfg = _trainer_config(raw, source, base_dir, errors)
+    space = parse_space(raw.get("space"), errors)
+    if sampler is not None and sampler.name == "grid":
+        check_grid(space, errors)
+    if pruner is not None and base_cfg is not None and pruner.name == "hyperband" \
+            and pruner.min_resource > base_cfg.train.epochs:
+        errors.append(f"pruner.min_resource = {pruner.min_resource}: must not exceed the trials' "
+                      f"trainer.train.epochs ({base_cfg.train.epochs})")
+
+    if errors:
+        lines = "\n".join(f"  - {e}" for e in errors)
+        raise ConfigError(f"invalid sweep ({source}):\n{lines}")
+    assert study and sampler and pruner and storage and tracking and trials and base_cfg
+    return SweepConfig(study=study, sampler=sampler, pruner=pruner, storage=storage, tracking=tracking,
+                       trials=trials, base=base_cfg, space=space, source=source)
+
+
+def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner: PrunerSpec | None,
+                    storage: StorageSpec | None, errors: list[str]) -> None:
+    """The sections' values that parse but cannot be used."""
+    if study is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", study.name):
+            errors.append(f"study.name = {study.name!r}: use letters, digits, '_', '-', '.'")
+        if study.direction not in ("maximize", "minimize"):
+            errors.append(f"study.direction = {study.direction!r}: must be maximize or minimize")
+        if study.metric not in METRICS:
+            errors.append(f"study.metric = {study.metric!r}: must be one of {', '.join(METRICS)}")
+        elif study.direction != METRICS[study.metric]:
+            errors.append(f"study.direction = {study.direction}: {study.metric} should be "
+                          f"{METRICS[study.metric]}d")
+        if study.n_trials < 1:
+            errors.append(f"study.n_trials = {study.n_trials}: must be >= 1")
+        if study.timeout is not None and study.timeout <= 0:
+            errors.append(f"study.timeout = {study.timeout}: must be > 0 seconds or null")
+    if sampler is not None:
+        if sampler.name not in ("tpe", "random", "grid"):
+            errors.append(f"sampler.name = {sampler.name!r}: unknown sampler; must be tpe, random or grid")
+        if sampler.n_startup_trials < 0:
+            errors.append(f"sampler.n_startup_trials = {sampler.n_startup_trials}: must be >= 0")
+        if sampler.group and not sampler.multivariate:
+            errors.append("sampler.group = true needs sampler.multivariate = true")
+    if pruner is not None:
+        if pruner.name not in ("hyperband", "median", "none"):
+            errors.append(f"pruner.name = {pruner.name!r}: unknown pruner; must be hyperband, median or none")
+        if pruner.min_resource < 1:
+            errors.append(f"pruner.min_resource = {pruner.min_resource}: must be >= 1 epoch")
+        if pruner.reduction_factor < 2:
+            errors.append(f"pruner.reduction_factor = {pruner.reduction_factor}: must be >= 2")
+    if storage is not None:
+        check_url(storage.url, "storage.url", errors)
+        if storage.heartbeat_interval < 1:
+            errors.append(f"storage.heartbeat_interval = {storage.heartbeat_interval}: must be >= 1 second")
+        if storage.grace_period is not None and storage.grace_period <= storage.heartbeat_interval:
+            errors.append(f"storage.grace_period = {storage.grace_period}: must exceed "
+                          f"storage.heartbeat_interval ({storage.heartbeat_interval})")
+        if storage.max_retry < 0:
+            errors.append(f"storage.max_retry = {storage.max_retry}: must be >= 0")
+
+
+def _trainer_config(raw: dict[str, Any], source: str, base_dir: Path | None, errors: list[str]) -> Config | None:
+    # The trainer config: `base` file, then the inline `trainer` mapping over it.
+    trainer_raw: dict[str, Any] = {}
+    base_ref = raw.get("base")
+    if base_ref is not None:
+        if not isinstance(base_ref, str):
+            errors.append(f"base = {base_ref!r}: must be a path to a trainer YAML")
+        else:
+            bp = Path(base_ref)
+            if not bp.is_absolute() and base_dir is not None:
+                bp = base_dir / bp
+            try:
+                trainer_raw = read_yaml(bp)
+            except ConfigError as e:
+                errors.append(f"base: {e}")
+    inline = _mapping(raw, "trainer", errors)
+    trainer_raw = _merge(trainer_raw, inline)
+    try:
+        return build_config(trainer_raw, {"train.test": False}, source=f"{source}: trainer")
+    except ConfigError as e:
+        errors.append(str(e).replace("\n", "\n  "))
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _mapping(raw: dict[str, Any], key: str, errors: list[str]) -> dict[str, Any]:
+    v = raw.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        errors.append(f"{key}: expected a mapping, got {v!r}")
+        return {}
+    return v
+
+
+def _section(name: str, cls: type, given: dict[str, Any], errors: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    n0 = len(errors)
+    for k, v in given.items():
+        if k not in fields:
+            extra = "; max_resource is always the trials' train.epochs" if (name, k) == ("pruner", "max_resource") else ""
+            errors.append(unknown_key(f"{name}.{k}", [f"{name}.{f}" for f in fields]) + extra)
+            continue
+        try:
+            kwargs[k] = coerce(v, hints[k])
+        except ValueError as e:
+            errors.append(f"{name}.{k} = {v!r}: {e}")
+    if len(errors) > n0:
+        return None
+    return cls(**kwargs)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

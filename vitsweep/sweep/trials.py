@@ -1,0 +1,98 @@
+"""A study's trials as people read them (like Optuna's ``study/_dataframe.py``): a line per
+finished trial, the trials table (``vitsweep trials``), counts by state and the budget count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from vitsweep.sweep.space import describe_params
+from vitsweep.sweep.storage import load_study
+from vitsweep.tracking.tags import RUN_ATTR
+
+REASON_ATTR = "fail_reason"  # a failed (or interrupted) trial's reason, in its user attrs
+BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def state_counts(trials: Iterable[FrozenTrial], lower: bool = False) -> dict[str, int]:
+    """How many trials are in each state: ``{"COMPLETE": 3, "PRUNED": 2}`` (``lower``: ``"complete"``)."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        name = t.state.name.lower() if lower else t.state.name
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """``"3 complete, 2 pruned"``, states in alphabetical order."""
+    return ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+
+
+def budget(study: optuna.Study) -> tuple[int, int, int]:
+    """(finished trials that count, running, waiting). A failed trial that was re-queued does not
+    count: its retry does."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    finished = sum(1 for t in trials if t.state in BUDGET_STATES
+                   and not (t.state == TrialState.FAIL and t.number in retried))
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    return finished, running, waiting
+
+
+def trial_line(t: FrozenTrial, metric: str, epochs: int) -> str:
+    value = "-" if t.value is None else f"{t.value:.4f}"
+    secs = t.duration.total_seconds() if t.duration else 0.0
+    reason = t.user_attrs.get(REASON_ATTR, "")
+    line = (f"trial {t.number:>3}  {t.state.name:<8}  {metric} {value:>6}  "
+            f"epochs {len(t.intermediate_values)}/{epochs}  {secs:6.1f}s  {describe_params(t.params)}")
+    return line + (f"  ({reason})" if reason and t.state == TrialState.FAIL else "")
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, value, epochs, duration_s, params..., reason, mlflow_run_id."""
+    trials = study.get_trials(deepcopy=False)
+    retried_as = {}
+    for t in trials:
+        hist = t.system_attrs.get("retry_history", [])
+        if hist:
+            retried_as[hist[-1]] = t.number
+    names = list(dict.fromkeys(k for t in trials for k in t.params))
+    rows = []
+    for t in trials:
+        reason = t.user_attrs.get(REASON_ATTR, "")
+        if t.state == TrialState.FAIL and t.number in retried_as and not reason:
+            reason = "worker died (no heartbeat)"
+        if t.number in retried_as:
+            reason = f"{reason}; retried as trial {retried_as[t.number]}".lstrip("; ")
+        row = {"number": t.number, "state": t.state.name, "value": t.value,
+               "epochs": len(t.intermediate_values),
+               "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None}
+        row.update({k: t.params.get(k) for k in names})
+        row["reason"] = reason
+        row["mlflow_run_id"] = t.user_attrs.get(RUN_ATTR, "")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.set_index("number")
+    return df
+
+
+def show_trials(study_name: str | None, storage: str, csv: Path | None) -> None:
+    """``vitsweep trials``: print the table (and write a CSV)."""
+    study = load_study(study_name, storage)
+    df = trials_table(study)
+    print(f"study {study.study_name} ({storage}): {len(df)} trial(s)")
+    if df.empty:
+        return
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4g}".format):
+        print(df.drop(columns=["mlflow_run_id"]).to_string())
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(csv)
+        print(f"wrote {csv}")

@@ -1,0 +1,96 @@
+"""Opening MLflow: a client on a store, the experiment, a reachability check for a tracking
+server, and :func:`quiet`, the one way vitsweep quiets MLflow.
+
+:func:`quiet` is scoped: it raises the MLflow/alembic loggers to WARNING ("Creating initial MLflow
+database tables..."), turns the artifact progress bar off, and, with ``fail_fast``, makes HTTP
+requests fail at once instead of retrying for minutes; on exit everything is as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from mlflow import MlflowClient
+
+from vitsweep.errors import VitsweepError
+from vitsweep.paths import is_http, prepare_sqlite
+
+_LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
+
+
+@contextlib.contextmanager
+def quiet(fail_fast: bool = False) -> Iterator[None]:
+    """MLflow without its chatter for the block (see the module doc); restores what it changed."""
+    env = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    if fail_fast:
+        env.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    env = {k: v for k, v in env.items() if k not in os.environ}  # the user's own settings win
+    levels = {name: logging.getLogger(name).level for name in _LOGGERS}
+    for name in _LOGGERS:  # mlflow.pytorch: its pickle caution (we load our own models); the others: set-up
+        logging.getLogger(name).setLevel(logging.ERROR if name == "mlflow.pytorch" else logging.WARNING)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on the store at ``uri`` (a SQLite file gets WAL first), its tables ready."""
+    prepare_sqlite(uri)
+    with quiet():
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # creates a new SQLite store's tables here, quietly
+    return client
+
+
+def experiment_id(client: MlflowClient, uri: str, name: str, artifacts: str) -> str:
+    """The id of experiment ``name``, created (with its artifact location) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        if "://" in artifacts:
+            location: str | None = artifacts
+        elif is_http(uri):
+            location = None  # a tracking server stores artifacts where its --artifacts-destination says
+        else:
+            location = Path(artifacts).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - another worker created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Raise a :class:`VitsweepError` (exit 2) when an ``http(s)://`` tracking server does not
+    answer ``GET <uri>/health``; other URIs (sqlite, file, none) need no server."""
+    if not is_http(uri):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except urllib.error.HTTPError as e:
+        problem = f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError) as e:
+        problem = str(getattr(e, "reason", e))
+    raise VitsweepError(
+        f"MLflow tracking server {uri} is not reachable (GET {url}: {problem}); no trial was started. "
+        f"Start it (docker compose up -d mlflow, or: mlflow server --backend-store-uri "
+        f"postgresql+psycopg2://USER:PASSWORD@HOST:5432/mlflow --artifacts-destination DIR "
+        f"--host 0.0.0.0 --port 5000), or pass another --tracking-uri (sqlite:///storage/mlflow.db, "
+        f"or none to turn tracking off)")
