@@ -178,7 +178,7 @@ def test_cli_train_says_when_no_checkpoint_was_written_and_a_divergence_fails(tm
 
 def test_cli_train_interrupted_says_how_to_continue(tmp_path, capsys, monkeypatch):
     from tests.helpers import cli
-    from vitsweep import trainer
+    from vitsweep.train import loop as trainer
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data: {source: synthetic, synthetic_train: 300, synthetic_test: 50, val_size: 60}\n"
