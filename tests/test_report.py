@@ -180,3 +180,31 @@ def test_report_renders_in_headless_chromium(report):
     keep = os.environ.get("VITSWEEP_REPORT_SCREENSHOT")  # a copy to look at
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_best_value_against_compute_spent():
+    import datetime as dt
+
+    from optuna.distributions import FloatDistribution
+
+    from vitsweep.report.figures import best_vs_compute_figure
+    from vitsweep.sweep.trials import duration_estimate
+
+    study = optuna.create_study(direction="maximize")
+    t0 = dt.datetime(2026, 1, 1)
+    for state, value, flops in [(TrialState.COMPLETE, 0.3, 2e15), (TrialState.PRUNED, None, 1e15),
+                                (TrialState.COMPLETE, 0.5, 2e15), (TrialState.COMPLETE, 0.4, 2e15)]:
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=value, params={"lr": 0.1}, distributions={"lr": FloatDistribution(0.01, 1)},
+            user_attrs={"flops": flops}, intermediate_values={1: 0.2}))  # ended in this order
+    fig = best_vs_compute_figure(study, "val_acc")
+    (trace,) = fig.data
+    assert list(trace.x) == [2.0, 3.0, 5.0, 7.0] and list(trace.y) == [0.3, 0.3, 0.5, 0.5]  # best so far
+    assert len(best_vs_compute_figure(optuna.create_study(), "val_acc").data) == 0
+    # a pruned first trial is scaled to a full trial's epochs
+    first = optuna.trial.create_trial(state=TrialState.PRUNED, value=None, intermediate_values={1: 0.2},
+                                      params={}, distributions={})
+    first.datetime_start, first.datetime_complete = t0, t0 + dt.timedelta(seconds=60)
+    line = duration_estimate(first, epochs=5, left=10, workers=2, timeout=600.0)
+    assert line.startswith("estimate: a full trial (5 epochs) takes ~5.0 min here; the 10 trial(s) left take at most ~25.0 min")
+    assert "study.timeout starts no trial after 10.0 min" in line

@@ -202,3 +202,18 @@ def test_the_sweep_file_wins_over_the_environment_and_a_bad_value_names_its_sour
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # `vitsweep ui` cannot serve a server
     code, out, err = cli("ui", capsys=capsys)
     assert code == 2 and "is an MLflow server already" in err
+
+
+def test_trials_record_their_compute_and_the_sweep_estimates_its_duration(swept):
+    root, _, lines = swept
+    trials = load_study("s", f"sqlite:///{root}/optuna.db").get_trials()
+    trained = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert trained and all(t.user_attrs["flops"] > 0 for t in trained)
+    full = [t for t in trained if len(t.intermediate_values) == 3]
+    short = [t for t in trained if len(t.intermediate_values) == 1]
+    if full and short:  # FLOPs grow with the epochs a trial trained
+        assert min(t.user_attrs["flops"] for t in full) > max(t.user_attrs["flops"] for t in short)
+    estimates = [line for line in lines if line.startswith("estimate:")]
+    assert len(estimates) == 1 and "a full trial (3 epochs) takes" in estimates[0]
+    assert "5 trial(s) left" in estimates[0] and "with 1 worker(s)" in estimates[0]
+    assert lines.index(estimates[0]) == 1 + next(i for i, line in enumerate(lines) if line.startswith("trial"))

@@ -111,3 +111,28 @@ def compute_figure(study: optuna.Study, trial_epochs: int) -> Any:
                       xaxis_title="trial", yaxis_title="epochs", template="plotly_white",
                       yaxis={"range": [0, trial_epochs + 0.5], "dtick": 1})
     return fig
+
+
+def best_vs_compute_figure(study: optuna.Study, metric: str, flops_attr: str = "flops") -> Any:
+    """Best value so far against the training compute spent so far (trials in the order they
+    ended; each trial's FLOPs estimate as its trainer recorded it, pruned and failed trials too)."""
+    ended = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None
+                    and t.user_attrs.get(flops_attr)), key=lambda t: t.datetime_complete)
+    fig = go.Figure()
+    if not ended:
+        return fig
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    spent, best, xs, ys, labels = 0.0, None, [], [], []
+    for t in ended:
+        spent += float(t.user_attrs[flops_attr])
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            best = t.value if best is None else (max(best, t.value) if maximize else min(best, t.value))
+        if best is not None:
+            xs.append(spent / 1e15)
+            ys.append(best)
+            labels.append(f"after trial {t.number}")
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", text=labels,
+                             name=f"best {metric}", marker_color=COMPLETE_COLOR))
+    fig.update_layout(title=f"best {metric} against training compute spent", xaxis_title="PFLOP spent (estimate)",
+                      yaxis_title=f"best {metric}", template="plotly_white")
+    return fig

@@ -31,12 +31,13 @@ from vitsweep.errors import VitsweepError
 from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, storage_url, tracking_uri as resolve_tracking
 from vitsweep.promote.results import read_promotion, val_curves_figure
 from vitsweep.report.compute import ComputeSpent, compute_spent
-from vitsweep.report.figures import Section, compute_figure, figure_section, hyperband_rungs, intermediate_figure
+from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section, hyperband_rungs,
+                                     intermediate_figure)
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.study import sweep_of
-from vitsweep.sweep.trials import describe_counts, state_counts, trials_table
+from vitsweep.sweep.trials import FLOPS_ATTR, describe_counts, state_counts, trials_table
 from vitsweep.tracking.artifacts import log_report
 from vitsweep.tracking.tags import REPORT_ARTIFACT_DIR
 
@@ -63,6 +64,9 @@ def build_sections(study: optuna.Study, promote_dir: Path) -> tuple[list[Section
     sections = _study_sections(study, sweep)
     cs = compute_spent(study, epochs)
     sections.insert(2, _compute_section(study, cs, epochs))
+    sections.insert(3, figure_section("best_vs_compute", "Best value against compute spent",
+                                      lambda: best_vs_compute_figure(study, metric, FLOPS_ATTR),
+                                      "no trial recorded its compute yet"))
     sections.append(_trials_section(study))
     promo = _promotion_section(promote_dir, study.study_name)
     if promo is not None:

@@ -28,7 +28,7 @@ from vitsweep.errors import ConfigError, DataError
 from vitsweep.sweep.resume import requeue, resume, retry_history
 from vitsweep.sweep.space import suggest
 from vitsweep.sweep.spec import SweepConfig
-from vitsweep.sweep.trials import REASON_ATTR
+from vitsweep.sweep.trials import FLOPS_ATTR, REASON_ATTR
 from vitsweep.tracking.runs import Tracker
 from vitsweep.tracking.tags import RUN_ATTR
 from vitsweep.train.loop import TrainResult
@@ -52,6 +52,7 @@ class _Ending:
     seen: list[float] = field(default_factory=list)  # the values reported so far
     train_s: float = 0.0  # in train_fn, callbacks included
     callbacks_s: float = 0.0  # in on_epoch (MLflow writes, reporting, pruning checks)
+    flops: float = 0.0  # the trainer's compute estimate at its last reported epoch
 
 
 class Objective:
@@ -101,6 +102,9 @@ class Objective:
                 # The trial has ended: its checkpoints go, and those of the earlier tries it resumed.
                 for d in [run_dir, *(run_dir.parent / str(n) for n in predecessors)]:
                     shutil.rmtree(d, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                if end.flops and not requeued:  # compute spent, for the report's best-vs-compute plot
+                    trial.set_user_attr(FLOPS_ATTR, end.flops)
             with contextlib.suppress(Exception):
                 self.tracker.end_trial(end.run_id, end.state, end.reason, end.value, self.metric,
                                        {"trainer_s": end.train_s - end.callbacks_s})
@@ -166,6 +170,7 @@ class Objective:
 
         def report(epoch: int, m: dict[str, float], resumed: bool = False) -> None:
             v = float(m[metric])
+            end.flops = float(m.get("flops", end.flops))
             if not math.isfinite(v):
                 return  # the trainer returns "diverged" right after this epoch
             end.seen.append(v)

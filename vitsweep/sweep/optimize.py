@@ -12,6 +12,7 @@ import time
 from typing import Callable
 
 import optuna
+from optuna.trial import TrialState
 
 from vitsweep import console
 from vitsweep.train.data import load_data
@@ -24,16 +25,17 @@ from vitsweep.sweep.objective import Objective, TrainFn, TrialFailed
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import open_storage
 from vitsweep.sweep.study import build_pruner, build_sampler, sweep_tracker
-from vitsweep.sweep.trials import budget, trial_line
+from vitsweep.sweep.trials import budget, duration_estimate, trial_line
 from vitsweep.train.loop import train
 
 Out = Callable[[str], None]
 
 
 def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None, out: Out = console.say,
-           tag: str = "", device: str | None = None, train_fn: TrainFn = train) -> int:
+           tag: str = "", device: str | None = None, train_fn: TrainFn = train, workers: int = 1) -> int:
     """Run trials of the sweep's study until its budget is used up; returns the trials this worker ran.
-    ``device`` (from the worker placement plan) replaces the trials' ``train.device``."""
+    ``device`` (from the worker placement plan) replaces the trials' ``train.device``. Worker 0
+    prints a duration estimate after its first finished trial (``workers`` share the rest)."""
     tracker = sweep_tracker(sweep, background=True)
     st = sweep.storage
     storage = open_storage(st.url, create=True, heartbeat_interval=st.heartbeat_interval,
@@ -44,8 +46,19 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                               pruner=build_pruner(sweep))
     deadline = None if sweep.study.timeout is None else time.monotonic() + sweep.study.timeout
 
+    estimated = index != 0
+
     def progress(study_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        nonlocal estimated
         out(tag + trial_line(t, sweep.study.metric, sweep.epochs))
+        if not estimated and t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            estimated = True
+            finished, running, waiting = budget(study_)
+            left = max(0, sweep.study.n_trials - finished)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            line = duration_estimate(t, sweep.epochs, left, workers, timeout)
+            if line and left:
+                out(tag + line)
 
     ran, loaded = 0, False
     with budget_lock(st.url, sweep.study.name) as lock:
@@ -80,7 +93,8 @@ def device_override(where: placement.Placement, sweep: SweepConfig) -> str | Non
     return where.device if where.device != sweep.base.train.device else None
 
 
-def worker_process(sweep: SweepConfig, where: placement.Placement, parent: str | None, train_fn: TrainFn) -> None:
+def worker_process(sweep: SweepConfig, where: placement.Placement, parent: str | None, train_fn: TrainFn,
+                   workers: int = 1) -> None:
     """A worker in a process of its own (``vitsweep run --workers N``), placed as the plan says:
     exit 130 on Ctrl-C, 2 on a user's mistake (printed as ``error: [worker N] ...``)."""
     index = where.index
@@ -88,7 +102,7 @@ def worker_process(sweep: SweepConfig, where: placement.Placement, parent: str |
     console.say(f"[w{index}] {where.describe()}")
     try:
         worker(sweep, index, parent, console.say, tag=f"[w{index}] ", device=device_override(where, sweep),
-               train_fn=train_fn)
+               train_fn=train_fn, workers=workers)
     except KeyboardInterrupt:
         sys.exit(130)
     except VitsweepError as e:

@@ -91,7 +91,7 @@ def _fan_out(sweep: SweepConfig, placements: list[placement.Placement], parent: 
              out: Callable[[str], None], train_fn: TrainFn) -> None:
     """Run a worker process per placement and wait for them; Ctrl-C is passed on to each."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=worker_process, args=(sweep, where, parent, train_fn), daemon=False)
+    procs = [ctx.Process(target=worker_process, args=(sweep, where, parent, train_fn, len(placements)), daemon=False)
              for where in placements]
     for p, where in zip(procs, placements):
         with placement.started_with(where):  # thread variables set before torch loads in the worker

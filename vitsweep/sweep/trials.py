@@ -15,6 +15,7 @@ from vitsweep.sweep.storage import load_study
 from vitsweep.tracking.tags import RUN_ATTR
 
 REASON_ATTR = "fail_reason"  # a failed (or interrupted) trial's reason, in its user attrs
+FLOPS_ATTR = "flops"  # a trial's training compute (FLOPs estimate), set as it ends
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -51,6 +52,25 @@ def trial_line(t: FrozenTrial, metric: str, epochs: int) -> str:
     line = (f"trial {t.number:>3}  {t.state.name:<8}  {metric} {value:>6}  "
             f"epochs {len(t.intermediate_values)}/{epochs}  {secs:6.1f}s  {describe_params(t.params)}")
     return line + (f"  ({reason})" if reason and t.state == TrialState.FAIL else "")
+
+
+def duration_estimate(t: FrozenTrial, epochs: int, left: int, workers: int, timeout: float | None) -> str | None:
+    """After a sweep's first trial: what a full trial costs here and how long the rest may take.
+    A pruned first trial is scaled up to the trial's full epochs; pruning makes the rest shorter."""
+    done = len(t.intermediate_values)
+    if not t.duration or done == 0:
+        return None
+    full = t.duration.total_seconds() / done * epochs
+    rest = full * left / max(1, workers)
+    line = (f"estimate: a full trial ({epochs} epochs) takes ~{_minutes(full)} here; the {left} trial(s) left take "
+            f"at most ~{_minutes(rest)} with {workers} worker(s), less as trials are pruned")
+    if timeout is not None and rest > timeout:
+        line += f"; study.timeout starts no trial after {_minutes(timeout)}"
+    return line
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
