@@ -36,10 +36,12 @@ OnEpoch = Callable[[int, dict[str, float]], None]
 RESUMABLE_CHANGES = {"train.device", "train.compile", "train.test", "train.patience", "train.min_delta",
                      "train.target_acc", "train.eval_batch_size", "train.micro_batch"}
 
-# torch.compile's measured cost and gain on this project's CPU (see README, "Precision, compile and
-# threads"): the first compile of the training step and the step-time saving it buys.
-COMPILE_COST_S = {"cpu": 120.0, "cuda": 60.0}
-COMPILE_GAIN = {"cpu": 0.15, "cuda": 0.15}
+# torch.compile's cost (seconds to compile the training step, per image size) and gain (the
+# fraction of step time it saves). CPU: measured by benchmarks/train_throughput.py on this project's
+# 2-core Zen 4 (14-16 s to compile; 0.96x fp32, 1.03x bf16: no gain), so auto stays eager on CPUs.
+# CUDA: not measured here (no GPU was available): typical figures, to be replaced by measurements.
+COMPILE_COST_S = {"cpu": 15.0, "cuda": 60.0}
+COMPILE_GAIN = {"cpu": 0.0, "cuda": 0.15}
 CPU_MICRO_BATCH = 128  # larger CPU batches fall out of the caches (bs 512 measured 26%+ slower per image)
 
 
@@ -296,8 +298,8 @@ def micro_batch_size(tc: TrainConfig, device: torch.device) -> int:
 def compile_pays(device: torch.device, epoch_train_s: float, epochs_left: float, sizes_left: int) -> bool:
     """``train.compile: auto``: compile when the rest of the run saves at least twice what compiling
     costs (one compile per image size still to come, plus one for a smaller last batch)."""
-    if device.type not in COMPILE_COST_S:
-        return False  # mps: torch.compile is experimental there
+    if device.type not in COMPILE_COST_S or COMPILE_GAIN[device.type] <= 0:
+        return False  # mps: torch.compile is experimental there; cpu: measured no faster
     saving = COMPILE_GAIN[device.type] * epoch_train_s * epochs_left
     return saving >= 2 * COMPILE_COST_S[device.type] * (sizes_left + 1)
 
