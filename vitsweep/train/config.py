@@ -127,8 +127,8 @@ class TrainConfig:
     # the measured epoch time says the rest of the run repays the compile time; see README).
     compile: Literal["auto", True, False] = "auto"
     micro_batch: int | None = None  # compute each batch in chunks of this many images, gradients
-    # accumulated (same result up to float rounding); null = auto (128 on a CPU, where larger
-    # batches fall out of the caches; the whole batch elsewhere)
+    # accumulated (same result up to float rounding); null = auto (128 on a CPU, the whole batch
+    # elsewhere)
     time_limit: float | None = None  # seconds: stop at the first epoch end past it (or at one whose
     # next epoch would end past it); stop reason "time_limit"
     patience: int | None = None  # early stopping: epochs without a min_delta val-acc gain
