@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from tests.helpers import cli, trainer_dict
 from vitsweep.errors import VitsweepError
+from vitsweep.train.config import load_config
 from vitsweep.promote.retrain import promote
 from vitsweep.promote.select import select_trials
 from vitsweep.sweep.spec import build_sweep
@@ -263,3 +264,16 @@ def test_resume_after_interrupt_and_mlflow_records(capsys):
     code, _, err = cli("promote", "--study", "res", "--top", "2", "--epochs", "5", "--storage", STORAGE,
                        "--tracking-uri", TRACKING, capsys=capsys)
     assert code == 2 and "train.epochs: 3 -> 5" in err
+
+
+def test_set_overrides_every_promoted_run_and_a_bad_key_exits_2_before_anything(capsys):
+    make_study("sub", [(TrialState.COMPLETE, 0.2, adamw(3e-3))])
+    r = promote(top=1, epochs=1, study="sub", storage=STORAGE, tracking_uri="none", out=lambda s: None,
+                overrides={"data.val_size": 32, "train.batch_size": 32})
+    (run,) = r.runs
+    cfg = load_config(Path(run.run_dir) / "config.yaml")
+    assert cfg.data.val_size == 32 and cfg.train.batch_size == 32 and cfg.train.epochs == 1
+    code, _, err = cli("promote", "--top", "1", "--epochs", "1", "--study", "sub", "--tracking-uri", "none",
+                       "--out", "elsewhere", "--set", "data.trian_limit=5", capsys=capsys)
+    assert code == 2 and "unknown key 'data.trian_limit'" in err and "did you mean 'data.train_limit'" in err
+    assert not Path("elsewhere").exists()

@@ -206,14 +206,17 @@ def promote(
     seeds: Annotated[int, typer.Option("--seeds", help="Runs per config, seeds trial seed + 0..S-1.")] = 1,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run folders [default: storage/promote].")] = None,
     threads: ThreadsOption = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", "-s", help="Override a key of every promoted run's config, e.g. --set data.train_limit=null "
+                            "to promote on the full data after a sweep on a subset (repeatable).")] = None,
 ) -> None:
     """Retrain the top trials at full length, test each best checkpoint, rank them (resumable)."""
     from vitsweep.promote.retrain import DEFAULT_OUT, promote as run_promote
+    from vitsweep.train.config import parse_overrides
 
     _threads(threads)
-
     run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri, patience=patience,
-                min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT)
+                min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT, overrides=parse_overrides(set_ or []))
 
 
 @app.command()

@@ -66,9 +66,11 @@ def run_key(cfg: Config) -> str:
 
 
 def promoted_config(c: Candidate, epochs: int, seed_offset: int, patience: int | None,
-                    min_delta: float | None) -> Config:
-    dotted: dict[str, Any] = {"train.epochs": epochs, "train.test": True, "train.checkpoint": True,
-                              "train.seed": c.config.train.seed + seed_offset}
+                    min_delta: float | None, overrides: dict[str, Any] | None = None) -> Config:
+    """The trial's config at full length; ``overrides`` (``--set``, e.g. ``data.train_limit=null``
+    to promote on the full data after a sweep on a subset) apply first, promote's own keys last."""
+    dotted: dict[str, Any] = {**(overrides or {}), "train.epochs": epochs, "train.test": True,
+                              "train.checkpoint": True, "train.seed": c.config.train.seed + seed_offset}
     if patience is not None:
         dotted["train.patience"] = patience
     if min_delta is not None:
@@ -106,19 +108,23 @@ class _Plan:
     ml: Promotion
     out: Out
     hook: EpochHook | None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 def promote(*, top: int, epochs: int, study: str | None = None, storage: str | None = None,
             tracking_uri: str | None = None, patience: int | None = None, min_delta: float | None = None,
             seeds: int = 1, out_dir: str | Path = DEFAULT_OUT, out: Out = console.say,
-            on_epoch: EpochHook | None = None) -> PromoteResult:
+            on_epoch: EpochHook | None = None, overrides: dict[str, Any] | None = None) -> PromoteResult:
     """``vitsweep promote``. ``on_epoch(run_name, epoch, metrics)`` is called after each epoch is
-    recorded (tests interrupt a run from it)."""
+    recorded (tests interrupt a run from it). ``overrides``: ``--set`` keys for every promoted run."""
     t0 = time.perf_counter()
     _check_options(top, epochs, seeds, patience, min_delta)
     storage = storage_url(storage)
     st = choose_study(study, storage, out)
     sel = select_trials(st, top)
+    overrides = dict(overrides or {})
+    for c in sel.picked:  # a bad --set fails here, before any folder or MLflow run exists
+        promoted_config(c, epochs, 0, patience, min_delta, overrides)
     for line in sel.lines:
         out(line)
     root = Path(out_dir) / sel.study
@@ -132,7 +138,7 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
                          "vitsweep.patience": str(patience), "vitsweep.min_delta": str(min_delta),
                          "vitsweep.picked_trials": ",".join(str(c.number) for c in sel.picked),
                          "mlflow.note.content": "\n".join(sel.lines)})
-        plan = _Plan(sel, epochs, seeds, patience, min_delta, root, ml, out, on_epoch)
+        plan = _Plan(sel, epochs, seeds, patience, min_delta, root, ml, out, on_epoch, overrides)
         out(f"promoting {len(sel.picked)} config(s) x {seeds} seed(s) = {len(sel.picked) * seeds} run(s), up to "
             f"{epochs} epochs each" + (f", patience {patience}" if patience is not None else "")
             + f"; run folders in {root}" + (f"; MLflow {uri} run {ml.parent}" if ml.enabled else ""))
@@ -201,7 +207,7 @@ def _crown(p: _Plan, board: pd.DataFrame, records: list[RunRecord]) -> None:
 
 def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bool]:
     """Train (or resume, or skip when finished) one config and seed: (its record, trained now)."""
-    cfg = promoted_config(c, p.epochs, s, p.patience, p.min_delta)
+    cfg = promoted_config(c, p.epochs, s, p.patience, p.min_delta, p.overrides)
     seed = cfg.train.seed
     name = f"trial{c.number}-seed{seed}"
     run_dir = p.root / name
