@@ -81,7 +81,7 @@ def test_time_limit_stops_at_an_epoch_end_with_its_own_reason(tmp_path):
 
 
 def test_time_limit_does_not_start_an_epoch_it_cannot_finish():
-    sched = Schedule(tiny_config(**{"train.epochs": 50, "train.time_limit": 100.0}), 260, 32, CPU)
+    sched = Schedule(tiny_config(**{"train.epochs": 50, "train.time_limit": 100.0}), 260, 32)
     state = {"epoch": 3, "elapsed": 75.0, "history": [{"epoch_time": 25.0}]}
     assert not sched.out_of_time(state, eval_time=1.0, size=32)  # 75 + 24 + 1 = 100: fits
     assert sched.out_of_time({**state, "elapsed": 76.0}, eval_time=1.0, size=32)
@@ -90,7 +90,7 @@ def test_time_limit_does_not_start_an_epoch_it_cannot_finish():
 def test_by_time_schedule_stretches_the_decay_to_the_time_limit():
     cfg = tiny_config(**{"train.epochs": 100, "train.time_limit": 100.0, "schedule.by_time": True,
                          "schedule.warmup_epochs": 1.0, "optimizer.lr": 1.0, "schedule.min_lr_ratio": 0.0})
-    sched = Schedule(cfg, 260, 32, CPU)  # 5 steps per epoch
+    sched = Schedule(cfg, 260, 32)  # 5 steps per epoch
     assert sched.lr(0) == pytest.approx(0.2)  # warmup is step-based
     assert sched.lr(10, elapsed=10.0, warmup_end_s=10.0) == pytest.approx(1.0)
     assert sched.lr(50, elapsed=55.0, warmup_end_s=10.0) == pytest.approx(0.5)  # half-way in time
@@ -101,8 +101,8 @@ def test_by_time_schedule_stretches_the_decay_to_the_time_limit():
 
 def test_progressive_resolution_schedule_grows_in_patch_multiples():
     cfg = tiny_config(**{"train.epochs": 8, "schedule.res_start": 16, "schedule.res_until": 0.5})
-    sched = Schedule(cfg, 260, 32, CPU)
-    sizes = [sched.image_size(sched.progress(e, 0.0, {})) for e in range(1, 9)]
+    sched = Schedule(cfg, 260, 32)
+    sizes = [sched.image_size(sched.progress(e, 0.0)) for e in range(1, 9)]
     assert sizes == [16, 16, 24, 24, 32, 32, 32, 32]  # patch 8: 16 -> 32 by half the run
     with pytest.raises(ConfigError, match="schedule.res_start = 20: must be a multiple of model.patch_size"):
         tiny_config(**{"schedule.res_start": 20})

@@ -112,13 +112,13 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, run_dir / "config.yaml")
 
-    schedule = Schedule(config, len(data.train_y), data.image_size, device)
+    schedule = Schedule(config, len(data.train_y), data.image_size)
     clock = _Clock(t_start, state["elapsed"])
     step = _Step(model, forward, optimizer, scaler, augment, config, precision, device)
     epochs_left = tc.epochs - state["epoch"] if state["stop_reason"] is None else 0
     with _EpochBar(progress, schedule.steps_per_epoch) as bar:
         for epoch in range(state["epoch"] + 1, state["epoch"] + 1 + epochs_left):
-            size = schedule.image_size(schedule.progress(epoch, clock.elapsed(), state))
+            size = schedule.image_size(schedule.progress(epoch, clock.elapsed()))
             bar.start(f"epoch {epoch}/{tc.epochs}" + (f" ({size}px)" if size != data.image_size else ""))
             t0 = time.perf_counter()
             train_loss, lr = _train_epoch(step, schedule, data, epoch, size, clock, state, bar)
@@ -346,7 +346,7 @@ class Schedule:
     """Where a run is at any step: its learning rate and image size, over ``train.epochs`` or, with
     ``schedule.by_time``, over ``train.time_limit`` seconds; and whether another epoch still fits."""
 
-    def __init__(self, config: Config, n_train: int, image_size: int, device: torch.device):
+    def __init__(self, config: Config, n_train: int, image_size: int):
         tc, sc = config.train, config.schedule
         self.config, self.n_train, self.full_size = config, n_train, image_size
         self.steps_per_epoch = math.ceil(n_train / tc.batch_size)
@@ -355,7 +355,7 @@ class Schedule:
         self.by_time = sc.by_time
         self.patch = config.model.patch_size
 
-    def progress(self, epoch: int, elapsed: float, state: dict[str, Any]) -> float:
+    def progress(self, epoch: int, elapsed: float) -> float:
         """The fraction of the run done when ``epoch`` starts."""
         if self.by_time:
             return min(1.0, elapsed / self.config.train.time_limit)
@@ -368,8 +368,7 @@ class Schedule:
         if not self.by_time or step < self.warmup_steps or warmup_end_s is None:
             return lr_at(step, self.total_steps, self.warmup_steps, o.lr, sc.min_lr_ratio)
         limit = self.config.train.time_limit
-        progress = (elapsed - warmup_end_s) / max(1e-9, limit - warmup_end_s)
-        return o.lr * (sc.min_lr_ratio + (1 - sc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        return cosine(o.lr, sc.min_lr_ratio, (elapsed - warmup_end_s) / max(1e-9, limit - warmup_end_s))
 
     def image_size(self, progress: float) -> int:
         """Progressive resolution: ``res_start`` growing linearly to full size at ``res_until``
@@ -398,7 +397,7 @@ class Schedule:
         size) would end past it."""
         limit, elapsed = self.config.train.time_limit, state["elapsed"]
         train_time = state["history"][-1]["epoch_time"] - eval_time
-        next_size = self.image_size(self.progress(state["epoch"] + 1, elapsed, state))
+        next_size = self.image_size(self.progress(state["epoch"] + 1, elapsed))
         return elapsed >= limit or elapsed + self._epoch_time(train_time, size, next_size) + eval_time > limit
 
     def rest_of_run(self, state: dict[str, Any], train_time: float, size: int) -> tuple[float, int]:
@@ -409,7 +408,7 @@ class Schedule:
             epochs = min(epochs, max(0.0, (tc.time_limit - state["elapsed"]) / max(train_time, 1e-9)))
         if self.by_time:  # every patch multiple from here to full size may come
             return epochs, (self.full_size - size) // self.patch + 1
-        sizes = {self.image_size(self.progress(e, 0.0, state)) for e in range(state["epoch"] + 1, tc.epochs + 1)}
+        sizes = {self.image_size(self.progress(e, 0.0)) for e in range(state["epoch"] + 1, tc.epochs + 1)}
         return epochs, len(sizes)
 
 
@@ -417,7 +416,11 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_ra
     """Linear warmup to ``base_lr`` over ``warmup_steps``, then cosine down to ``min_ratio * base_lr``."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return cosine(base_lr, min_ratio, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+
+
+def cosine(base_lr: float, min_ratio: float, progress: float) -> float:
+    """Cosine decay from ``base_lr`` (progress 0) to ``min_ratio * base_lr`` (progress >= 1)."""
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
