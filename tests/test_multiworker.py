@@ -292,3 +292,37 @@ def test_mlflow_server_down_at_start_is_a_clear_error_before_any_trial(tmp_path,
     assert "Traceback" not in out
     storage = optuna.storages.RDBStorage(database)
     assert optuna.get_all_study_summaries(storage) == []  # no study, so no trial
+
+
+def test_plain_postgresql_urls_work_for_both_stores(tmp_path, database):
+    """``postgresql://USER@HOST/DB``, the form most users type, for the Optuna storage and the
+    MLflow store: SQLAlchemy 2.1 maps it to psycopg 3, which vitsweep installs; the
+    ``+psycopg2`` form the other tests use keeps working."""
+    plain = database.replace("postgresql+psycopg2://", "postgresql://")
+    db = plain.rsplit("/", 1)[1]
+    _admin(f"CREATE DATABASE {db}_ml")
+    try:
+        tracking = f"{plain}_ml"
+        path, _ = _sweep_file(tmp_path, "plain", plain, tracking, n_trials=2)
+        proc = spawn_cli("run", str(path), cwd=tmp_path)
+        out = proc.communicate(timeout=240)[0]
+        assert proc.returncode == 0, out
+        assert "Traceback" not in out and "psycopg" not in out, out
+        trials = load_study("plain", plain).get_trials()
+        assert len(trials) == 2 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        assert set(_trial_runs(tracking, "plain")) == {0, 1}
+    finally:
+        _admin(f"DROP DATABASE IF EXISTS {db}_ml WITH (FORCE)")
+
+
+def test_a_database_driver_that_is_not_installed_is_a_clear_error(tmp_path):
+    """mysql:// needs mysqlclient, which vitsweep does not install: exit 2 naming the driver and the
+    pip command, the password masked, no traceback."""
+    code = subprocess.run([sys.executable, "-c", "import MySQLdb"], capture_output=True).returncode
+    if code == 0:
+        pytest.skip("mysqlclient is installed here")
+    proc = spawn_cli("trials", "--storage", "mysql://root:S3cretPW@127.0.0.1:3306/test", cwd=tmp_path)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 2, out
+    assert "MySQLdb" in out and "pip install mysqlclient" in out and "Traceback" not in out, out
+    assert "S3cretPW" not in out and "root:***@" in out, out

@@ -277,3 +277,33 @@ def test_set_overrides_every_promoted_run_and_a_bad_key_exits_2_before_anything(
                        "--out", "elsewhere", "--set", "data.trian_limit=5", capsys=capsys)
     assert code == 2 and "unknown key 'data.trian_limit'" in err and "did you mean 'data.train_limit'" in err
     assert not Path("elsewhere").exists()
+
+
+def test_validation_ranks_and_crowns_the_test_set_never_chooses():
+    """The honest protocol: a config whose test accuracy is higher but whose validation accuracy is
+    lower is ranked second, and the champion alias goes to the seed with the best validation accuracy."""
+    from types import SimpleNamespace
+
+    from vitsweep.promote.results import RunRecord, format_leaderboard, leaderboard
+    from vitsweep.promote.retrain import _crown
+
+    def rec(trial: int, seed: int, val: float, test: float) -> RunRecord:
+        return RunRecord(study="s", trial=trial, seed=seed, config_desc=f"cfg{trial}", sweep_value=0.5,
+                         stop_reason="completed", epochs_run=3, best_epoch=3, best_val_acc=val, test_acc=test,
+                         test_loss=1.0, per_class_acc=[], confusion=[], classes=[], history=[], train_time_s=1.0,
+                         key="k", mlflow_run_id=f"run-{trial}-{seed}")
+
+    picked = [SimpleNamespace(number=n, rank=n + 1, describe=f"cfg{n}", value=0.5) for n in (0, 1)]
+    records = [rec(0, 0, 0.60, 0.55), rec(0, 1, 0.64, 0.52),  # better on validation, worse on test
+               rec(1, 0, 0.58, 0.70), rec(1, 1, 0.57, 0.71)]
+    board = leaderboard(records, picked, "val_acc")
+    assert list(board["trial"]) == [0, 1]
+    assert board.iloc[0]["best_val_acc_mean"] == pytest.approx(0.62)
+    text = format_leaderboard(board, "s", "val_acc")
+    assert "val acc" in text and "62.00% ± 2.83%" in text and "53.50% ± 2.12%" in text
+
+    crowned: list[str] = []
+    plan = SimpleNamespace(ml=SimpleNamespace(crown=lambda rid: crowned.append(rid) or 1, model_name="m"),
+                           out=lambda s: None)
+    _crown(plan, board, records)
+    assert crowned == ["run-0-1"]  # the seed with the best validation accuracy, not the best test

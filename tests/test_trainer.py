@@ -67,6 +67,17 @@ def test_fp16_on_a_cpu_with_native_bf16_suggests_bf16(monkeypatch):
         assert device_mod.effective_precision("fp16", torch.device("cpu")) == "fp32"
 
 
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_takes_bf16_only_where_the_cpu_has_it_and_never_warns(native, expected, monkeypatch, recwarn):
+    monkeypatch.setattr(device_mod, "cpu_native", lambda p: p == "fp32" or native)
+    assert device_mod.effective_precision("auto", torch.device("cpu")) == expected
+    assert device_mod.effective_precision("auto", torch.device("mps")) == "fp32"
+    if not native:
+        result = train(tiny_config(**{"train.precision": "auto", "train.epochs": 1}))
+        assert result.precision == "fp32"
+    assert not [w for w in recwarn if w.category is VitsweepWarning]
+
+
 @pytest.mark.skipif(not device_mod.cpu_native("bf16"), reason="this CPU has no native bf16")
 def test_bf16_trains_in_bf16_on_a_cpu_with_native_bf16(recwarn):
     result = train(tiny_config(**{"train.precision": "bf16", "train.epochs": 2, "optimizer.lr": 3e-3}))

@@ -73,6 +73,22 @@ def check_url(url: str, where: str, errors: list[str] | None = None) -> None:
         errors.append(msg)
 
 
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for everything vitsweep shows (a URL's
+    password reaches child processes through the environment, never a command line)."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+
+
+def missing_driver(url: str, err: ModuleNotFoundError) -> ConfigError:
+    """The error for a database URL whose driver is not installed: which one, and how to get it."""
+    scheme = url.split("://", 1)[0]
+    package = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient",
+               "pymysql": "pymysql"}.get(err.name or "", err.name)
+    return ConfigError(f"{redact(url)}: the database driver for {scheme}:// ({err.name}) is not installed; "
+                       f"install it (pip install {package}) or use a plain postgresql://USER:PASSWORD@HOST/DB "
+                       f"URL (psycopg 3, installed with vitsweep)")
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgresql+", "postgres://"))
 

@@ -121,8 +121,10 @@ def read_promotion(out_dir: Path, study: str) -> PromotionFiles:
 
 
 def leaderboard(records: list[RunRecord], picked: list[Any], metric: str) -> pd.DataFrame:
-    """One row per picked config (a ``Candidate``): test accuracy mean and sample std over seeds
-    (NaN with one seed), sorted by mean test accuracy (then sweep rank)."""
+    """One row per picked config (a ``Candidate``): best validation accuracy and test accuracy, mean
+    and sample std over seeds (std NaN with one seed), sorted by mean validation accuracy (then sweep
+    rank). The honest protocol: the validation split chooses; test accuracy is reported, never used
+    to rank."""
     rows = []
     for c in picked:
         runs = [r for r in records if r.trial == c.number]
@@ -136,6 +138,7 @@ def leaderboard(records: list[RunRecord], picked: list[Any], metric: str) -> pd.
             "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else float("nan"),
             "test_loss_mean": statistics.fmean(losses) if losses else float("nan"),
             "best_val_acc_mean": statistics.fmean(r.best_val_acc for r in runs),
+            "best_val_acc_std": statistics.stdev(r.best_val_acc for r in runs) if len(runs) > 1 else float("nan"),
             "seeds": len(runs),
             "epochs_run": ",".join(str(r.epochs_run) for r in runs),
             "stop_reason": ",".join(sorted({r.stop_reason for r in runs})),
@@ -144,7 +147,7 @@ def leaderboard(records: list[RunRecord], picked: list[Any], metric: str) -> pd.
         })
     df = pd.DataFrame(rows)
     if not df.empty:
-        df = df.sort_values(["test_acc_mean", "sweep_rank"], ascending=[False, True], na_position="last")
+        df = df.sort_values(["best_val_acc_mean", "sweep_rank"], ascending=[False, True], na_position="last")
         df = df.reset_index(drop=True)
         df.index = df.index + 1
         df.index.name = "place"
@@ -168,16 +171,22 @@ def write_leaderboard(board: pd.DataFrame, records: list[RunRecord], root: Path,
 def format_leaderboard(board: pd.DataFrame | None, study: str, metric: str) -> str:
     if board is None or len(board) == 0:
         return "leaderboard: no runs"
-    lines = [f"leaderboard (study {study}; test accuracy of each run's best checkpoint, mean ± std over seeds)"]
-    lines.append(f"{'#':>2}  {'trial':>5}  {'sweep ' + metric:>14}  {'test acc':>16}  {'epochs':>8}  "
+    lines = [f"leaderboard (study {study}; ranked by validation accuracy, the best epoch's; test accuracy of "
+             f"that checkpoint, measured once and never used to rank; mean ± std over seeds)"]
+    lines.append(f"{'#':>2}  {'trial':>5}  {'sweep ' + metric:>14}  {'val acc':>16}  {'test acc':>16}  {'epochs':>8}  "
                  f"{'stop':<14}  {'time':>8}  config")
     for place, row in board.iterrows():
-        std = row["test_acc_std"]
-        acc = "-" if math.isnan(row["test_acc_mean"]) else (
-            f"{row['test_acc_mean']:.2%}" + ("" if math.isnan(std) else f" ± {std:.2%}"))
-        lines.append(f"{place:>2}  {int(row['trial']):>5}  {row[f'sweep_{metric}']:>14.4f}  {acc:>16}  "
+        val = _mean_std(row["best_val_acc_mean"], row.get("best_val_acc_std", float("nan")))
+        acc = _mean_std(row["test_acc_mean"], row["test_acc_std"])
+        lines.append(f"{place:>2}  {int(row['trial']):>5}  {row[f'sweep_{metric}']:>14.4f}  {val:>16}  {acc:>16}  "
                      f"{row['epochs_run']:>8}  {row['stop_reason']:<14}  {row['wall_time_s']:>7.1f}s  {row['config']}")
     return "\n".join(lines)
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.2%}" + ("" if math.isnan(std) else f" ± {std:.2%}")
 
 
 def val_curves_figure(records: list[RunRecord], title: str) -> go.Figure:

@@ -147,8 +147,10 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
         out(format_leaderboard(board, sel.study, sel.metric))
         for f in files.values():
             out(f"wrote {f}")
-        best = board["test_acc_mean"].max() if len(board) else float("nan")
-        ml.end_parent("FINISHED", {"best_test_acc_mean": best, "runs": len(records),
+        top = board.iloc[0] if len(board) else None  # ranked by validation accuracy
+        best = {"best_val_acc_mean": top["best_val_acc_mean"], "top_test_acc_mean": top["test_acc_mean"]} \
+            if top is not None else {}
+        ml.end_parent("FINISHED", {**best, "runs": len(records),
                                    "runs_trained": len(trained)}, list(files.values()))
         wall = time.perf_counter() - t0
         out(f"done in {wall:.1f}s: {len(trained)} run(s) trained, {len(skipped)} already finished"
@@ -193,13 +195,14 @@ def _run_all(p: _Plan) -> tuple[list[RunRecord], list[str], list[str], pd.DataFr
 
 
 def _crown(p: _Plan, board: pd.DataFrame, records: list[RunRecord]) -> None:
-    """The champion alias goes to the best run of the config on top of the leaderboard."""
+    """The champion alias goes to the run (seed) with the best validation accuracy of the config on
+    top of the leaderboard (itself ranked by validation accuracy): the test set never chooses."""
     if not len(board):
         return
     champion = int(board.iloc[0]["trial"])
-    best_runs = [r for r in records if r.trial == champion and r.test_acc is not None]
+    best_runs = [r for r in records if r.trial == champion and r.mlflow_run_id and r.test_acc is not None]
     if best_runs:
-        version = p.ml.crown(max(best_runs, key=lambda r: r.test_acc).mlflow_run_id)
+        version = p.ml.crown(max(best_runs, key=lambda r: r.best_val_acc).mlflow_run_id)
         if version:
             p.out(f"registered model {p.ml.model_name}: version {version} of trial {champion} "
                   f"has the alias '{CHAMPION}'")

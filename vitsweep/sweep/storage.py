@@ -21,7 +21,7 @@ import sqlalchemy.exc as sa_exc
 from optuna.exceptions import ExperimentalWarning
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import BUSY_TIMEOUT_S, is_postgres, prepare_sqlite, sqlite_path, storage_url
+from vitsweep.paths import BUSY_TIMEOUT_S, is_postgres, missing_driver, prepare_sqlite, sqlite_path, storage_url
 from vitsweep.sweep.locks import FileBudgetLock, PgBudgetLock
 from vitsweep.sweep.retry import POOL, RetryingRDBStorage, with_retries
 
@@ -89,7 +89,17 @@ def load_study(name: str | None = None, storage: str | None = None, **kwargs: An
 
 def make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     """The RDB storage for ``url``: PostgreSQL with a pre-pinged connection pool and retries,
-    SQLite with a busy timeout (one machine)."""
+    SQLite with a busy timeout (one machine). A driver that is not installed is a ConfigError."""
+    try:
+        return _make_storage(url, **kwargs)
+    except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as an ImportError
+        cause = e if isinstance(e, ModuleNotFoundError) else e.__cause__ or e.__context__
+        if isinstance(cause, ModuleNotFoundError):
+            raise missing_driver(url, cause) from None
+        raise
+
+
+def _make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     if is_postgres(url):
         # Optuna creates its tables on first use: workers starting together on a new database would
         # race (CREATE TYPE ... duplicate key), so they take turns under an advisory lock.

@@ -19,7 +19,7 @@ from typing import Iterator
 from mlflow import MlflowClient
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import is_http, prepare_sqlite
+from vitsweep.paths import is_http, missing_driver, prepare_sqlite
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
 
@@ -48,8 +48,11 @@ def open_client(uri: str) -> MlflowClient:
     """A client on the store at ``uri`` (a SQLite file gets WAL first), its tables ready."""
     prepare_sqlite(uri)
     with quiet():
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)  # creates a new SQLite store's tables here, quietly
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # creates a new SQLite store's tables here, quietly
+        except ModuleNotFoundError as e:
+            raise missing_driver(uri, e) from None
     return client
 
 

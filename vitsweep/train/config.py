@@ -122,7 +122,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "fp32"
     # torch.compile the training forward: true, false, or auto (compile after the first epoch when
     # the measured epoch time says the rest of the run repays the compile time; see README).
     compile: Literal["auto", True, False] = "auto"
