@@ -3,6 +3,7 @@ and the agreement between Optuna's storage, ``vitsweep trials`` and MLflow."""
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 from pathlib import Path
@@ -217,3 +218,56 @@ def test_trials_record_their_compute_and_the_sweep_estimates_its_duration(swept)
     assert len(estimates) == 1 and "a full trial (3 epochs) takes" in estimates[0]
     assert "5 trial(s) left" in estimates[0] and "with 1 worker(s)" in estimates[0]
     assert lines.index(estimates[0]) == 1 + next(i for i, line in enumerate(lines) if line.startswith("trial"))
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ({"data": {"val_size": 1000}}, "data.val_size = 1000"),
+    ({"data": {"root": "no/such/folder"}}, "no/such/folder"),
+    ({"tracking": {"uri": "ftp://nowhere/mlflow"}}, "ftp://nowhere/mlflow"),
+])
+def test_a_problem_found_before_anything_is_created_and_the_fixed_rerun_works(problem, expected, tmp_path, capsys):
+    """Data and stores are checked before the study or any MLflow run exists: exit 2, no storage
+    file, no study, no RUNNING parent run; the same sweep fixed then runs."""
+    from tests.test_data import make_imagefolder
+
+    make_imagefolder(tmp_path / "img", per_class=(12, 4))
+    raw = sweep_dict(tmp_path, n_trials=2)
+    raw["trainer"]["data"] = {"source": "imagefolder", "root": str(tmp_path / "img"), "val_size": 6}
+    bad = copy.deepcopy(raw)
+    if "data" in problem:
+        bad["trainer"]["data"].update(problem["data"])
+    else:
+        bad["tracking"].update(problem["tracking"])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    code, out, err = cli("run", str(tmp_path / "bad.yaml"), capsys=capsys)
+    assert code == 2 and expected in err and "Traceback" not in err, (out, err)
+    assert not (tmp_path / "optuna.db").exists()  # no storage, so no empty study
+    if (tmp_path / "mlflow.db").exists():  # no parent run left RUNNING
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        exp = client.get_experiment_by_name("s")
+        assert exp is None or not client.search_runs([exp.experiment_id])
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "good.yaml"), capsys=capsys)
+    assert code == 0, err
+    assert len(load_study("s", f"sqlite:///{tmp_path}/optuna.db").get_trials()) == 2
+
+
+def test_a_study_whose_trials_never_ran_takes_the_fixed_trainer_config(tmp_path, capsys):
+    """A study created (by an older vitsweep, or a crash) before any trial ran does not refuse the
+    corrected sweep file: nothing could be compared against."""
+    raw = sweep_dict(tmp_path, n_trials=2)
+    from vitsweep.sweep.storage import create_or_load_study, open_storage
+    from vitsweep.sweep.study import record_sweep
+
+    old = copy.deepcopy(raw)
+    old["trainer"]["data"]["val_size"] = 7
+    study = create_or_load_study("s", open_storage(raw["storage"]["url"], create=True), "maximize")
+    record_sweep(study, build_sweep(old))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
+    assert code == 0, err
+    # ...but once a trial has run, another trainer config is refused, as before
+    raw["trainer"]["data"]["val_size"] = 9
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
+    assert code == 2 and "different trainer config" in err

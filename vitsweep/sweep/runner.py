@@ -29,6 +29,7 @@ from vitsweep.sweep.storage import open_storage
 from vitsweep.sweep.study import set_up, sweep_tracker
 from vitsweep.sweep.trials import budget, describe_counts, state_counts
 from vitsweep.tracking.client import check_tracking_server
+from vitsweep.train.data import load_data
 from vitsweep.train.loop import train
 
 
@@ -51,9 +52,12 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
     t0 = time.perf_counter()
-    check_tracking_server(sweep.tracking.uri)  # an unreachable MLflow server: exit 2 before any trial
-    storage = open_storage(sweep.storage.url, create=True)
+    # Everything a user can get wrong is found before anything is created: an unreachable MLflow
+    # server, the data (missing root, corrupt image, val_size too large), the tracking store.
+    check_tracking_server(sweep.tracking.uri)
+    load_data(sweep.base.data)  # memoized: a one-worker sweep on a CPU trains on this very copy
     tracker = sweep_tracker(sweep)
+    storage = open_storage(sweep.storage.url, create=True)
     study, parent = set_up(sweep, storage, tracker)
     out(f"study {sweep.study.name} ({sweep.storage.url}): {budget(study)[0]}/{sweep.study.n_trials} trials done; "
         f"{sweep.sampler.name} sampler, {sweep.pruner.name} pruner, {sweep.epochs} epochs per trial, "

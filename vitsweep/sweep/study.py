@@ -27,13 +27,17 @@ SWEEP_ATTR = "vitsweep_sweep"  # the study's sweep (trainer config + space), to 
 
 
 def record_sweep(study: optuna.Study, sweep: SweepConfig) -> None:
-    """Remember ``sweep`` in the study's user attrs; a study already run with another trainer config
-    or space is a VitsweepError (its trials could not be compared)."""
+    """Remember ``sweep`` in the study's user attrs; a study whose trials ran with another trainer
+    config or space is a VitsweepError (its trials could not be compared). A study without trials
+    takes the new one."""
     stored = _as_stored(sweep)
     previous = study.user_attrs.get(SWEEP_ATTR)
     if previous is None:
         study.set_user_attr(SWEEP_ATTR, stored)
     elif {k: previous[k] for k in ("trainer", "space")} != {k: stored[k] for k in ("trainer", "space")}:
+        if not study.get_trials(deepcopy=False):  # nothing ran with the old one (e.g. fixed after an error)
+            study.set_user_attr(SWEEP_ATTR, stored)
+            return
         raise VitsweepError(
             f"study {sweep.study.name!r} in {sweep.storage.url} was run with a different trainer config or "
             f"search space, so its trials could not be compared; set a new study.name to start a new study")

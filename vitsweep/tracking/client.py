@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Iterator
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import is_http, missing_driver, prepare_sqlite
+from vitsweep.paths import is_http, missing_driver, prepare_sqlite, redact
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
 
@@ -53,6 +54,12 @@ def open_client(uri: str) -> MlflowClient:
             client.search_experiments(max_results=1)  # creates a new SQLite store's tables here, quietly
         except ModuleNotFoundError as e:
             raise missing_driver(uri, e) from None
+        except MlflowException as e:
+            if "tracking store" not in str(e) and "scheme" not in str(e):
+                raise
+            raise VitsweepError(f"tracking URI {redact(uri)!r}: MLflow cannot use it ({e.message.strip()}); use "
+                                f"sqlite:///storage/mlflow.db, http://HOST:5000, postgresql://USER@HOST/DB, "
+                                f"or none to turn tracking off") from None
     return client
 
 
