@@ -174,17 +174,23 @@ class PacedTrain:
                            precision="fp32", num_params=0, wall_time=time.perf_counter() - t0)
 
 
-def run_paced(sweep_file: str, epoch_s: str = "0.05") -> None:
-    """``vitsweep run SWEEP_FILE`` with :class:`PacedTrain` as the trainer (see :func:`spawn_sweep`)."""
+def run_paced(sweep_file: str, epoch_s: str = "0.05", workers: str = "1") -> None:
+    """``vitsweep run SWEEP_FILE`` with :class:`PacedTrain` as the trainer (see :func:`spawn_sweep`),
+    signals handled as the CLI handles them (SIGTERM like Ctrl-C; exit 130 or 143)."""
+    from vitsweep import signals
     from vitsweep.sweep.runner import run_sweep
 
-    run_sweep(load_sweep(sweep_file), train_fn=PacedTrain(float(epoch_s)))
+    signals.install()
+    try:
+        run_sweep(load_sweep(sweep_file), workers=int(workers), train_fn=PacedTrain(float(epoch_s)))
+    except KeyboardInterrupt as e:
+        sys.exit(signals.exit_code(e))
 
 
-def spawn_sweep(sweep_file: Path, cwd: Path, epoch_s: float = 0.05) -> subprocess.Popen:
+def spawn_sweep(sweep_file: Path, cwd: Path, epoch_s: float = 0.05, workers: int = 1) -> subprocess.Popen:
     """Like ``spawn_cli("run", SWEEP_FILE)``, with :class:`PacedTrain` as the trainer: a sweep that
     is killed mid-trial without training real models for many epochs."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     code = "import sys; from tests.helpers import run_paced; run_paced(*sys.argv[1:])"
-    return subprocess.Popen([sys.executable, "-c", code, str(sweep_file), str(epoch_s)], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-c", code, str(sweep_file), str(epoch_s), str(workers)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)

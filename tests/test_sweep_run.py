@@ -271,3 +271,78 @@ def test_a_study_whose_trials_never_ran_takes_the_fixed_trainer_config(tmp_path,
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     code, out, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
     assert code == 2 and "different trainer config" in err
+
+
+def _running_with_reports(name: str, url: str, n: int, proc, timeout: float = 120) -> None:
+    """Wait until ``n`` trials are RUNNING and have reported an epoch."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.1)
+        try:
+            trials = load_study(name, url).get_trials()
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+        if sum(t.state == TrialState.RUNNING and bool(t.intermediate_values) for t in trials) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()[0]
+    pytest.fail(f"{n} trials never ran at once")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, workers, code, reason", [
+    (signal.SIGINT, 2, 130, "interrupted (Ctrl-C); re-queued"),   # a terminal's Ctrl-C: the whole group
+    (signal.SIGTERM, 1, 143, "terminated (SIGTERM); re-queued"),  # docker stop / systemd: the main process
+    (signal.SIGTERM, 2, 143, "terminated (SIGTERM); re-queued"),
+])
+def test_stopping_a_sweep_requeues_every_running_trial_exactly_once(sig, workers, code, reason, tmp_path):
+    raw = sweep_dict(tmp_path, name="stop", n_trials=workers, pruner={"name": "none"},
+                     space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
+    raw["trainer"]["train"]["epochs"] = 200
+    path = tmp_path / "stop.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    proc = spawn_sweep(path, tmp_path, epoch_s=0.1, workers=workers)
+    try:
+        _running_with_reports("stop", url, workers, proc)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # what a terminal does: every process of the foreground group
+        else:
+            os.kill(proc.pid, sig)  # what docker stop and systemd do: the main process only
+        out = proc.communicate(timeout=90)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code, out
+    assert "Traceback" not in out, out
+    trials = load_study("stop", url).get_trials()
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(interrupted) == workers and not [t for t in trials if t.state == TrialState.RUNNING], trials
+    assert sorted(t.system_attrs["failed_trial"] for t in waiting) == sorted(t.number for t in interrupted)
+    assert all(t.user_attrs["fail_reason"] == reason for t in interrupted)
+    runs = mlflow_runs(tmp_path, "stop")
+    assert {runs[t.number].info.status for t in interrupted} == {"FAILED"}
+    assert {runs[t.number].data.tags["vitsweep.reason"] for t in interrupted} == {reason}
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("stop")
+    (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.`vitsweep.kind` = 'sweep'")
+    assert parent.info.status == "KILLED"
+    # no worker is left running (the workers run in the sweep's folder)
+    import time
+
+    def left() -> list[str]:
+        found = []
+        for pid in [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
+            try:
+                if os.readlink(f"/proc/{pid}/cwd") == str(tmp_path):
+                    found.append(f"{pid}: {open(f'/proc/{pid}/cmdline').read()}")
+            except OSError:
+                pass
+        return found
+
+    deadline = time.time() + 10
+    while left() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not left(), left()

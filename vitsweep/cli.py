@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from vitsweep.errors import VitsweepError
+from vitsweep import signals
+from vitsweep.errors import VitsweepError, plain_warnings
 
 
 class _Group(TyperGroup):
@@ -26,6 +26,9 @@ class _Group(TyperGroup):
         except VitsweepError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (vitsweep.signals): the command cleaned up
+            typer.echo(signals.describe(e), err=True)
+            raise typer.Exit(signals.exit_code(e)) from None
 
 
 app = typer.Typer(
@@ -87,11 +90,11 @@ def train(
     try:
         result = run_train(cfg, console.epoch_line(cfg.train.epochs), run_dir=run_dir, resume=resume is not None,
                            progress=True)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         resumable = cfg.train.checkpoint and (run_dir / "last.pt").is_file()
-        console.err("\ninterrupted" + (f": continue with  vitsweep train --resume {run_dir}" if resumable else
-                                        " before the first epoch's checkpoint: nothing to resume"))
-        raise typer.Exit(130) from None
+        console.err("\n" + signals.describe(e) + (f": continue with  vitsweep train --resume {run_dir}" if resumable
+                                                   else " before the first epoch's checkpoint: nothing to resume"))
+        raise typer.Exit(signals.exit_code(e)) from None
     print(console.summary(result))
     if result.stop_reason == "diverged":
         console.err(f"error: training diverged (a non-finite loss at epoch {result.epochs_run}); lower optimizer.lr, "
@@ -262,17 +265,14 @@ def ui(
     raise typer.Exit(serve(resolve_tracking(tracking_uri), host, port))
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
-    return f"warning: {message}\n"
-
-
 def main() -> None:
-    warnings.formatwarning = _format_warning
+    plain_warnings()
+    signals.install()
     try:
         app()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(signals.describe(e), file=sys.stderr)
+        sys.exit(signals.exit_code(e))
 
 
 if __name__ == "__main__":

@@ -17,3 +17,11 @@ class DataError(VitsweepError):
 
 class VitsweepWarning(UserWarning):
     """Something works, but probably not the way the user wants (e.g. bf16 on a CPU)."""
+
+
+def plain_warnings() -> None:
+    """Python warnings as ``warning: MESSAGE`` lines, without file and line: set by the CLI and by
+    every worker process it starts."""
+    import warnings
+
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"

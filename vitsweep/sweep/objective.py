@@ -24,6 +24,7 @@ from typing import Any, Callable
 import optuna
 
 from vitsweep.train.config import Config
+from vitsweep import signals
 from vitsweep.errors import ConfigError, DataError
 from vitsweep.sweep.resume import requeue, resume, retry_history
 from vitsweep.sweep.space import suggest
@@ -73,6 +74,7 @@ class Objective:
         run_dir = Path(self.sweep.trials.dir) / self.sweep.study.name / str(trial.number)
         predecessors = retry_history(trial)  # a retried trial's earlier tries
         requeued = False
+        shield = contextlib.ExitStack()  # after an interrupt: no second signal until the trial is put away
         try:
             return self._run(trial, run_dir, predecessors, end)
         except optuna.TrialPruned as e:
@@ -82,8 +84,9 @@ class Objective:
             end.reason = str(e)
             trial.set_user_attr(REASON_ATTR, end.reason)
             raise
-        except KeyboardInterrupt:
-            end.reason = "interrupted (Ctrl-C); re-queued"
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: re-queued exactly once, whatever comes next
+            shield.enter_context(signals.shielded())
+            end.reason = f"{signals.describe(e)}; re-queued"
             with contextlib.suppress(Exception):
                 trial.set_user_attr(REASON_ATTR, end.reason)
                 requeue(trial)
@@ -108,6 +111,7 @@ class Objective:
             with contextlib.suppress(Exception):
                 self.tracker.end_trial(end.run_id, end.state, end.reason, end.value, self.metric,
                                        {"trainer_s": end.train_s - end.callbacks_s})
+            shield.close()
 
     def _run(self, trial: optuna.Trial, run_dir: Path, predecessors: list[int], end: _Ending) -> float:
         config = self._start(trial, run_dir, end)

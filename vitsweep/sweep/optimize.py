@@ -7,6 +7,7 @@ The budget lock is held from "is there budget left?" until the new trial is RUNN
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable
@@ -17,7 +18,8 @@ from optuna.trial import TrialState
 from vitsweep import console
 from vitsweep.train.data import load_data
 from vitsweep.train.device import resolve_device
-from vitsweep.errors import VitsweepError
+from vitsweep import signals
+from vitsweep.errors import VitsweepError, plain_warnings
 from vitsweep.sweep import placement
 from vitsweep.sweep.heartbeat import StaleTrial, fail_stale_trials
 from vitsweep.sweep.locks import budget_lock
@@ -98,13 +100,18 @@ def worker_process(sweep: SweepConfig, where: placement.Placement, parent: str |
     """A worker in a process of its own (``vitsweep run --workers N``), placed as the plan says:
     exit 130 on Ctrl-C, 2 on a user's mistake (printed as ``error: [worker N] ...``)."""
     index = where.index
+    # A process group of its own: a terminal's Ctrl-C reaches the parent only, which passes it on
+    # once (a second SIGINT landing in the re-queue would leave the trial FAIL, not re-queued).
+    os.setpgrp()
+    signals.install()
+    plain_warnings()
     placement.apply(where)
     console.say(f"[w{index}] {where.describe()}")
     try:
         worker(sweep, index, parent, console.say, tag=f"[w{index}] ", device=device_override(where, sweep),
                train_fn=train_fn, workers=workers)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(signals.exit_code(e))
     except VitsweepError as e:
         print(f"error: [worker {index}] {e}", file=sys.stderr, flush=True)
         sys.exit(2)

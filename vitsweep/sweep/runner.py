@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import optuna
 
-from vitsweep import console
+from vitsweep import console, signals
 from vitsweep.errors import ConfigError
 from vitsweep.sweep.objective import TrainFn
 from vitsweep.sweep import placement
@@ -68,26 +68,27 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
         out(p.describe())
     for warning in placement.warnings_for(placements, sweep.base.train.device):
         out(f"warning: {warning}")
-    interrupted = False
+    stop: KeyboardInterrupt | None = None
     try:
         if workers == 1:
             worker(sweep, 0, parent, out, device=device_override(placements[0], sweep), train_fn=train_fn)
         else:
             _fan_out(sweep, placements, parent, out, train_fn)
-    except KeyboardInterrupt:
-        interrupted = True
-    final = optuna.load_study(study_name=sweep.study.name, storage=storage)
-    summary = summarize(final, parent, time.perf_counter() - t0, interrupted)
-    metric = sweep.study.metric
-    finished, running, waiting = budget(final)
-    others = running > 0 or (waiting > 0 and finished < sweep.study.n_trials)  # workers elsewhere go on
-    tracker.end_parent(parent, "KILLED" if interrupted else None if others else "FINISHED",
-                       {**{f"trials_{k.lower()}": v for k, v in summary.counts.items()},
-                        **({f"best_{metric}": summary.best_value} if summary.best_value is not None else {})})
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trials are re-queued; end the parent run
+        stop = e
+    with signals.shielded() if stop else contextlib.nullcontext():
+        final = optuna.load_study(study_name=sweep.study.name, storage=storage)
+        summary = summarize(final, parent, time.perf_counter() - t0, stop is not None)
+        metric = sweep.study.metric
+        finished, running, waiting = budget(final)
+        others = running > 0 or (waiting > 0 and finished < sweep.study.n_trials)  # workers elsewhere go on
+        tracker.end_parent(parent, "KILLED" if stop else None if others else "FINISHED",
+                           {**{f"trials_{k.lower()}": v for k, v in summary.counts.items()},
+                            **({f"best_{metric}": summary.best_value} if summary.best_value is not None else {})})
     for line in summary.lines:
         out(line)
-    if interrupted:
-        raise KeyboardInterrupt
+    if stop is not None:
+        raise stop
     return summary
 
 
@@ -103,18 +104,20 @@ def _fan_out(sweep: SweepConfig, placements: list[placement.Placement], parent: 
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.is_alive() and p.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGINT)
-        for p in procs:
-            p.join(60)
-            if p.is_alive():
-                p.terminate()
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: passed on once to each worker (its own group)
+        sig = signal.SIGTERM if isinstance(e, signals.Terminated) else signal.SIGINT
+        with signals.shielded():
+            for p in procs:
+                if p.is_alive() and p.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, sig)
+            for p in procs:
+                p.join(60)
+                if p.is_alive():
+                    p.kill()
         raise
     bad = [p.exitcode for p in procs if p.exitcode not in (0, None)]
-    if bad and not any(c == 130 for c in bad):
+    if bad and not any(c in (130, 143) for c in bad):
         out(f"warning: {len(bad)} worker(s) exited with code(s) {bad}")
 
 

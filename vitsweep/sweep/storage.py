@@ -11,6 +11,8 @@ rule, :func:`latest_study`.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
 import warnings
 from typing import Any, Callable, Iterator
@@ -26,6 +28,18 @@ from vitsweep.sweep.locks import FileBudgetLock, PgBudgetLock
 from vitsweep.sweep.retry import POOL, RetryingRDBStorage, with_retries
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _NoTrialFailedNoise(logging.Filter):
+    """Optuna's "Trial N failed ... Traceback" warning: vitsweep's own trial line already says why a
+    trial failed or was interrupted (and the reason is in the trial's user attrs and MLflow run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not re.match(r"Trial \d+ failed", str(record.msg))
+
+
+for _handler in logging.getLogger("optuna").handlers:
+    _handler.addFilter(_NoTrialFailedNoise())
 
 
 @contextlib.contextmanager
