@@ -326,3 +326,42 @@ def test_a_database_driver_that_is_not_installed_is_a_clear_error(tmp_path):
     assert proc.returncode == 2, out
     assert "MySQLdb" in out and "pip install mysqlclient" in out and "Traceback" not in out, out
     assert "S3cretPW" not in out and "root:***@" in out, out
+
+
+def test_passwords_are_masked_and_never_on_a_command_line(tmp_path, database):
+    """A store URL's password is shown as *** by run, trials, dashboard and ui, and `vitsweep ui`
+    hands it to `mlflow server` through the environment, not its command line (which ps shows)."""
+    secret = database.replace("postgres@", "postgres:S3cretPW@").replace("+psycopg2", "")  # trust auth: accepted
+    _admin(f"CREATE DATABASE {database.rsplit('/', 1)[1]}_ml")
+    tracking = f"{secret}_ml"
+    path, _ = _sweep_file(tmp_path, "pw", secret, tracking, n_trials=1)
+    outs = []
+    for args in (["run", str(path)], ["trials", "--storage", secret]):
+        proc = spawn_cli(*args, cwd=tmp_path)
+        outs.append(proc.communicate(timeout=240)[0])
+        assert proc.returncode == 0, outs[-1]
+    port = _free_port()
+    proc = spawn_cli("ui", "--tracking-uri", tracking, "--port", str(port), cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.5)
+        cmdlines = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdlines.append(Path(f"/proc/{pid}/cmdline").read_text())
+            except OSError:
+                pass
+        servers = [c for c in cmdlines if "mlflow" in c and "vitsweep" not in c]  # what vitsweep started
+        assert servers and not [c for c in servers if "S3cretPW" in c], servers
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        outs.append(proc.communicate(timeout=30)[0])
+    _admin(f"DROP DATABASE IF EXISTS {database.rsplit('/', 1)[1]}_ml WITH (FORCE)")
+    for out in outs:
+        assert "S3cretPW" not in out and "postgres:***@" in out, out

@@ -72,3 +72,50 @@ def test_ui_serves_the_experiment_and_trial_runs(stores):
     runs = body["runs"]
     kinds = sorted(next(t["value"] for t in r["data"]["tags"] if t["key"] == "vitsweep.kind") for r in runs)
     assert kinds == ["sweep", "trial", "trial"]
+
+
+@pytest.mark.parametrize("command, store", [("ui", "--tracking-uri"), ("dashboard", "--storage")])
+def test_a_busy_port_or_a_bad_one_is_exit_2_naming_the_holder(command, store, stores):
+    db = f"sqlite:///{stores}/{'mlflow' if command == 'ui' else 'optuna'}.db"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "vitsweep", command, store, db, "--port", str(port)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"port {port} on 127.0.0.1 is not free" in proc.stderr and f"process {os.getpid()}" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Listening" not in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "vitsweep", command, store, db, "--port", "99999"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--port 99999: must be a port number" in proc.stderr
+
+
+def test_ui_under_sigterm_stops_the_mlflow_server_and_its_workers(stores):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vitsweep", "ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else ""
+                time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)  # the main process only, as docker stop and systemd do
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in out and "Traceback" not in out, out
+    deadline = time.time() + 10
+    while time.time() < deadline:  # nothing listens there any more
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"something still listens on {port} after SIGTERM")

@@ -242,8 +242,8 @@ def report(
 @app.command()
 def dashboard(
     storage: StorageOption = None,
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the sweep storage."""
     from vitsweep.paths import storage_url
@@ -255,8 +255,8 @@ def dashboard(
 @app.command()
 def ui(
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="[default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]")] = None,
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 5000,
 ) -> None:
     """Serve the MLflow UI (and REST API) on the sweeps' tracking store."""
     from vitsweep.paths import tracking_uri as resolve_tracking

@@ -1,44 +1,110 @@
 """``vitsweep dashboard`` and ``vitsweep ui``: the real optuna-dashboard and MLflow servers on the
-sweep stores (both block until Ctrl-C)."""
+sweep stores (both block until Ctrl-C or SIGTERM).
+
+Before either starts: the port must be in 1..65535 and free (exit 2 naming the process that holds
+it, where this machine says). ``ui`` passes the tracking store to ``mlflow server`` through its
+environment (``MLFLOW_BACKEND_STORE_URI``), never on the command line (``ps`` shows command lines
+to every user), runs it in a process group of its own and stops the whole group (the server and
+its workers) on Ctrl-C or SIGTERM. Store URLs are shown with their password masked.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import DEFAULT_STORAGE, DEFAULT_TRACKING, is_http, sqlite_path
+from vitsweep.paths import DEFAULT_STORAGE, DEFAULT_TRACKING, is_http, redact, sqlite_path
 from vitsweep.sweep.storage import open_storage
+
+
+def check_port(host: str, port: int) -> None:
+    """A VitsweepError unless ``port`` is a port number that is free on ``host``."""
+    if not 1 <= port <= 65535:
+        raise VitsweepError(f"--port {port}: must be a port number in 1..65535")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except socket.gaierror as e:
+            raise VitsweepError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+        except OSError as e:
+            holder = port_holder(port)
+            raise VitsweepError(f"port {port} on {host} is not free ({e.strerror})"
+                                + (f": {holder} holds it" if holder else "")
+                                + f"; stop it, or choose another port with --port") from None
+
+
+def port_holder(port: int) -> str | None:
+    """'process PID (COMMAND)' listening on ``port``, where /proc tells (Linux; None elsewhere or
+    when the process belongs to another user)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+                cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip()
+                return f"process {pid} ({cmd[:80]})"
+        except OSError:
+            continue
+    return None
 
 
 def dashboard(storage: str = DEFAULT_STORAGE, host: str = "127.0.0.1", port: int = 8080) -> None:
     """``vitsweep dashboard``: optuna-dashboard on the sweep storage."""
+    check_port(host, port)
     import optuna_dashboard  # lazy: a web server's imports, needed by this command only
 
     open_storage(storage)  # a missing SQLite file is an error, not a new empty database
-    print(f"optuna-dashboard for {storage} on http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    print(f"optuna-dashboard for {redact(storage)} on http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
     optuna_dashboard.run_server(storage, host=host, port=port)
 
 
 def ui(tracking_uri: str = DEFAULT_TRACKING, host: str = "127.0.0.1", port: int = 5000) -> int:
     """``vitsweep ui``: the MLflow server (UI + REST API) on the tracking store, as a process."""
     if is_http(tracking_uri):
-        raise VitsweepError(f"the tracking store {tracking_uri} is an MLflow server already: open it in a "
-                            f"browser (its UI is at that address), or pass --tracking-uri with a database URI")
+        raise VitsweepError(f"the tracking store {redact(tracking_uri)} is an MLflow server already: open it in "
+                            f"a browser (its UI is at that address), or pass --tracking-uri with a database URI")
     path = sqlite_path(tracking_uri)
     if path is not None and not path.is_file():
         raise VitsweepError(f"no MLflow store at {tracking_uri} ({path} does not exist); run a sweep first")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-           "--host", host, "--port", str(port), "--workers", "1"]
-    print(f"MLflow UI for {tracking_uri} on http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
-    proc = subprocess.Popen(cmd)
+    check_port(host, port)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    # The store goes through the environment, not the command line (ps shows it). MLflow's job
+    # runner (GenAI jobs, several huey processes) is off unless asked for: sweeps never use it.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
+    print(f"MLflow UI for {redact(tracking_uri)} on http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server and its workers
+        _stop_group(proc)
+        raise
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
         try:
-            return proc.wait(15)
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
         except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+            continue

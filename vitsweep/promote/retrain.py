@@ -44,7 +44,7 @@ from vitsweep import console
 from vitsweep.train.config import Config, flatten
 from vitsweep.errors import VitsweepError
 from vitsweep.models.evaluate import plot_confusion, write_confusion_csv
-from vitsweep.paths import PROMOTE_DIR, storage_url, tracking_uri as resolve_tracking
+from vitsweep.paths import PROMOTE_DIR, redact, storage_url, tracking_uri as resolve_tracking
 from vitsweep.promote.results import (RESULT_FILE, RunRecord, format_leaderboard, leaderboard, pct,
                                       write_leaderboard)
 from vitsweep.promote.select import Candidate, Selection, choose_study, select_trials
@@ -141,7 +141,7 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
         plan = _Plan(sel, epochs, seeds, patience, min_delta, root, ml, out, on_epoch, overrides)
         out(f"promoting {len(sel.picked)} config(s) x {seeds} seed(s) = {len(sel.picked) * seeds} run(s), up to "
             f"{epochs} epochs each" + (f", patience {patience}" if patience is not None else "")
-            + f"; run folders in {root}" + (f"; MLflow {uri} run {ml.parent}" if ml.enabled else ""))
+            + f"; run folders in {root}" + (f"; MLflow {redact(uri)} run {ml.parent}" if ml.enabled else ""))
         records, trained, skipped, board, files = _run_all(plan)
         out("")
         out(format_leaderboard(board, sel.study, sel.metric))

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from vitsweep.paths import redact
 from vitsweep.train.config import Config
 from vitsweep.errors import VitsweepError
 from vitsweep.sweep.space import describe_params
@@ -28,7 +29,7 @@ def choose_study(name: str | None, storage: str, out: Callable[[str], None]) -> 
     if name is not None:
         return load_study(name, storage)
     chosen = latest_study(open_storage(storage), storage)
-    out(f"study {chosen} (the latest in {storage}; choose another with --study)")
+    out(f"study {chosen} (the latest in {redact(storage)}; choose another with --study)")
     return load_study(chosen, storage)
 
 

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from vitsweep import console
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, storage_url, tracking_uri as resolve_tracking
+from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, redact, storage_url, tracking_uri as resolve_tracking
 from vitsweep.promote.results import read_promotion, val_curves_figure
 from vitsweep.report.compute import ComputeSpent, compute_spent
 from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section, hyperband_rungs,
@@ -209,7 +209,7 @@ def write_report(study: str | None = None, storage: str | None = None, tracking_
     storage = storage_url(storage)
     st = load_study(study, storage)
     if not st.get_trials(deepcopy=False):
-        raise VitsweepError(f"study {st.study_name} in {storage} has no trials yet; nothing to report")
+        raise VitsweepError(f"study {st.study_name} in {redact(storage)} has no trials yet; nothing to report")
     sections, cs, promoted, header = build_sections(st, Path(promote_dir) if promote_dir else PROMOTE_DIR)
     page = render(st.study_name, header, sections, dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
     path = Path(out) if out is not None else REPORTS_DIR / f"{st.study_name}.html"

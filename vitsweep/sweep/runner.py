@@ -20,6 +20,7 @@ import optuna
 
 from vitsweep import console, signals
 from vitsweep.errors import ConfigError
+from vitsweep.paths import redact
 from vitsweep.sweep.objective import TrainFn
 from vitsweep.sweep import placement
 from vitsweep.sweep.optimize import device_override, worker, worker_process
@@ -54,14 +55,18 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     t0 = time.perf_counter()
     # Everything a user can get wrong is found before anything is created: an unreachable MLflow
     # server, the data (missing root, corrupt image, val_size too large), the tracking store.
+    if sweep.storage.url == sweep.tracking.uri:
+        raise ConfigError(f"the Optuna storage and the MLflow tracking store are one database ({redact(sweep.storage.url)}); "
+                          f"both keep their own schema version there and would refuse each other: give each its "
+                          f"own database (e.g. .../optuna and .../mlflow)")
     check_tracking_server(sweep.tracking.uri)
     load_data(sweep.base.data)  # memoized: a one-worker sweep on a CPU trains on this very copy
     tracker = sweep_tracker(sweep)
     storage = open_storage(sweep.storage.url, create=True)
     study, parent = set_up(sweep, storage, tracker)
-    out(f"study {sweep.study.name} ({sweep.storage.url}): {budget(study)[0]}/{sweep.study.n_trials} trials done; "
+    out(f"study {sweep.study.name} ({redact(sweep.storage.url)}): {budget(study)[0]}/{sweep.study.n_trials} trials done; "
         f"{sweep.sampler.name} sampler, {sweep.pruner.name} pruner, {sweep.epochs} epochs per trial, "
-        f"{workers} worker(s)" + (f"; MLflow {sweep.tracking.uri} experiment {tracker.experiment_name}"
+        f"{workers} worker(s)" + (f"; MLflow {redact(sweep.tracking.uri)} experiment {tracker.experiment_name}"
                                   if tracker.enabled else ""))
     placements = placement.plan(workers, sweep.base.train.device)
     for p in placements:

@@ -23,7 +23,8 @@ import sqlalchemy.exc as sa_exc
 from optuna.exceptions import ExperimentalWarning
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import BUSY_TIMEOUT_S, is_postgres, missing_driver, prepare_sqlite, sqlite_path, storage_url
+from vitsweep.paths import (BUSY_TIMEOUT_S, is_postgres, missing_driver, prepare_sqlite, redact, sqlite_path,
+                            storage_url)
 from vitsweep.sweep.locks import FileBudgetLock, PgBudgetLock
 from vitsweep.sweep.retry import POOL, RetryingRDBStorage, with_retries
 
@@ -59,7 +60,7 @@ def open_storage(url: str | None = None, *, create: bool = False, heartbeat_inte
     url = storage_url(url)
     path = sqlite_path(url)
     if path is not None and not create and not path.is_file():
-        raise VitsweepError(f"no sweep storage at {url} ({path} does not exist); "
+        raise VitsweepError(f"no sweep storage at {redact(url)} ({path} does not exist); "
                             f"run a sweep first: vitsweep run sweeps/smoke.yaml")
     if create:
         prepare_sqlite(url)
@@ -93,12 +94,12 @@ def load_study(name: str | None = None, storage: str | None = None, **kwargs: An
     """An existing study by name (default: :func:`latest_study`) for reading."""
     url = storage_url(storage)
     st = open_storage(url)
-    name = name or latest_study(st, url)
+    name = name or latest_study(st, redact(url))
     try:
         return optuna.load_study(study_name=name, storage=st, **kwargs)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
-        raise VitsweepError(f"no study named {name!r} in {url} (studies: {', '.join(names) or 'none'})") from None
+        raise VitsweepError(f"no study named {name!r} in {redact(url)} (studies: {', '.join(names) or 'none'})") from None
 
 
 def make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from vitsweep.paths import redact
 from vitsweep.train.config import Config
 from vitsweep.errors import VitsweepError
 from vitsweep.sweep.locks import budget_lock
@@ -39,7 +40,7 @@ def record_sweep(study: optuna.Study, sweep: SweepConfig) -> None:
             study.set_user_attr(SWEEP_ATTR, stored)
             return
         raise VitsweepError(
-            f"study {sweep.study.name!r} in {sweep.storage.url} was run with a different trainer config or "
+            f"study {sweep.study.name!r} in {redact(sweep.storage.url)} was run with a different trainer config or "
             f"search space, so its trials could not be compared; set a new study.name to start a new study")
 
 

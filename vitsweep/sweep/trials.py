@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from vitsweep.paths import redact
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import load_study
 from vitsweep.tracking.tags import RUN_ATTR
@@ -106,7 +107,7 @@ def show_trials(study_name: str | None, storage: str, csv: Path | None) -> None:
     """``vitsweep trials``: print the table (and write a CSV)."""
     study = load_study(study_name, storage)
     df = trials_table(study)
-    print(f"study {study.study_name} ({storage}): {len(df)} trial(s)")
+    print(f"study {study.study_name} ({redact(storage)}): {len(df)} trial(s)")
     if df.empty:
         return
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,

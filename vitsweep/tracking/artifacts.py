@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import MLFLOW_CACHE_DIR, sqlite_path, tracking_off
+from vitsweep.paths import MLFLOW_CACHE_DIR, redact, sqlite_path, tracking_off
 from vitsweep.tracking.client import quiet
 from vitsweep.tracking.tags import CHECKPOINT_ARTIFACT, PARENT_ATTR, REPORT_ARTIFACT_DIR
 
@@ -42,24 +42,24 @@ def download_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> Path:
     hint = "pass --tracking-uri (or set MLFLOW_TRACKING_URI) to the store that holds the run, or give a checkpoint path"
     db = sqlite_path(uri)
     if db is not None and not db.is_file():  # do not let MLflow create an empty store as a side effect
-        raise VitsweepError(f"{run_id!r} is not a checkpoint file, and there is no MLflow store at {uri} "
+        raise VitsweepError(f"{run_id!r} is not a checkpoint file, and there is no MLflow store at {redact(uri)} "
                             f"to look it up as a run id; {hint}")
     with quiet():
         client = MlflowClient(tracking_uri=uri)
         try:
             run = client.get_run(run_id)
         except MlflowException as e:
-            raise VitsweepError(f"{run_id!r} is not a checkpoint file, nor a run in the MLflow store {uri} "
+            raise VitsweepError(f"{run_id!r} is not a checkpoint file, nor a run in the MLflow store {redact(uri)} "
                                 f"({str(e).splitlines()[0][:200]}); {hint}") from None
         except Exception as e:  # unreachable server, bad URI
-            raise VitsweepError(f"cannot look up run {run_id} in the MLflow store {uri} ({type(e).__name__}: "
+            raise VitsweepError(f"cannot look up run {run_id} in the MLflow store {redact(uri)} ({type(e).__name__}: "
                                 f"{_first_line(e)}); {hint}") from None
         out = Path(dst) if dst is not None else MLFLOW_CACHE_DIR / run.info.run_id
         out.mkdir(parents=True, exist_ok=True)
         try:
             return Path(client.download_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT, str(out)))
         except Exception as e:
-            raise VitsweepError(f"run {run_id} ({run.info.run_name or 'unnamed'}) in {uri} has no {CHECKPOINT_ARTIFACT} "
+            raise VitsweepError(f"run {run_id} ({run.info.run_name or 'unnamed'}) in {redact(uri)} has no {CHECKPOINT_ARTIFACT} "
                                 f"artifact ({type(e).__name__}: {_first_line(e)}). "
                                 f"Only runs that trained a model log one (vitsweep logs it with log_checkpoint); "
                                 f"pick such a run, or give a checkpoint path") from None
@@ -75,7 +75,7 @@ def log_report(path: Path, study_name: str, study_attrs: dict[str, Any], uri: st
         return None, f"study {study_name} has no MLflow parent run (user attr {PARENT_ATTR}); report not logged"
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
-        return None, f"no MLflow store at {uri} ({db} does not exist); report not logged to MLflow"
+        return None, f"no MLflow store at {redact(uri)} ({db} does not exist); report not logged to MLflow"
     try:
         with quiet(fail_fast=True):
             client = MlflowClient(tracking_uri=uri)
@@ -84,4 +84,4 @@ def log_report(path: Path, study_name: str, study_attrs: dict[str, Any], uri: st
         return parent, None
     except Exception as e:  # noqa: BLE001 - the file is written; tracking is a bonus
         msg = " ".join(str(e).split())[:300]
-        return None, f"could not log the report to MLflow run {parent} at {uri}: {type(e).__name__}: {msg}"
+        return None, f"could not log the report to MLflow run {parent} at {redact(uri)}: {type(e).__name__}: {msg}"

@@ -99,7 +99,7 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as e:
         problem = str(getattr(e, "reason", e))
     raise VitsweepError(
-        f"MLflow tracking server {uri} is not reachable (GET {url}: {problem}); no trial was started. "
+        f"MLflow tracking server {redact(uri)} is not reachable (GET {redact(url)}: {problem}); no trial was started. "
         f"Start it (docker compose up -d mlflow, or: mlflow server --backend-store-uri "
         f"postgresql+psycopg2://USER:PASSWORD@HOST:5432/mlflow --artifacts-destination DIR "
         f"--host 0.0.0.0 --port 5000), or pass another --tracking-uri (sqlite:///storage/mlflow.db, "
