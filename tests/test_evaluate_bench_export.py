@@ -124,6 +124,17 @@ def test_bench_bad_batch_sizes(capsys):
     assert code == 2 and "--batch-sizes" in err
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--min-time", "-1"], "--min-time -1.0: must be a number of seconds >= 0"),
+    (["--min-time", "nan"], "--min-time nan: must be a number of seconds >= 0"),
+    (["--threads", "1000"], "--threads 1000: must be between 1 and"),
+])
+def test_bench_refuses_nonsense_numbers(args, expected, ckpt, tmp_path, capsys):
+    code, _, err = cli("bench", str(ckpt), "--out", str(tmp_path / "b"), *args, capsys=capsys)
+    assert code == 2 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "b").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # export
 

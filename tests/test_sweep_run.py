@@ -346,3 +346,31 @@ def test_stopping_a_sweep_requeues_every_running_trial_exactly_once(sig, workers
     while left() and time.time() < deadline:
         time.sleep(0.2)
     assert not left(), left()
+
+
+def test_workers_are_capped_at_the_trials_left(tmp_path, capsys):
+    """--workers 1000 on a 2-trial study starts 2 workers, not 1000 processes."""
+    path = tmp_path / "cap.yaml"
+    path.write_text(yaml.safe_dump(sweep_dict(tmp_path, name="cap", n_trials=2)))
+    lines: list[str] = []
+    from vitsweep.sweep.spec import load_sweep
+
+    run_sweep(load_sweep(path), workers=1000, out=lines.append, train_fn=PacedTrain(0.01))
+    assert "--workers 1000: 2 trial(s) left to run, so 2 worker(s)" in lines
+    assert sum(line.startswith("worker ") for line in lines) == 2  # the placement plan: two workers
+    assert len(load_study("cap", f"sqlite:///{tmp_path}/optuna.db").get_trials()) == 2
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "SWEEP", "--timeout", "nan"], "--timeout nan: must be a number of seconds > 0"),
+    (["run", "SWEEP", "--timeout", "inf"], "--timeout inf: must be a number of seconds > 0"),
+    (["train", "SWEEP", "--threads", "1000"], "--threads 1000: must be between 1 and"),
+    (["train", "SWEEP", "--threads", "0"], "--threads 0: must be between 1 and"),
+])
+def test_nonsense_numbers_are_exit_2(args, expected, tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    raw = sweep_dict(tmp_path)
+    path.write_text(yaml.safe_dump(raw["trainer"] if args[0] == "train" else raw))
+    code, out, err = cli(*[str(path) if a == "SWEEP" else a for a in args], capsys=capsys)
+    assert code == 2 and expected in err and "Traceback" not in err, (out, err)
+    assert not (tmp_path / "optuna.db").exists()

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vitsweep.train.device import device_name, resolve_device, synchronize
+from vitsweep.train.device import device_name, resolve_device, set_threads, synchronize
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import BENCH_DIR
 from vitsweep.models.inference import load_ref
@@ -79,11 +79,10 @@ def run_bench(ref: str, batch_sizes: list[int] | tuple[int, ...] = DEFAULT_BATCH
               out: str | Path | None = None, tracking_uri: str | None = None, min_time: float = 1.0,
               warmup: int = 3, max_iters: int = 200, threads: int | None = None) -> BenchResult:
     dev = resolve_device(device)
-    if threads is not None and threads < 1:
-        raise VitsweepError(f"--threads {threads}: expected a positive number of CPU threads")
+    if not (0 <= min_time < float("inf")):
+        raise VitsweepError(f"--min-time {min_time}: must be a number of seconds >= 0")
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)  # 1..cores, or a ConfigError
     try:
         return _bench(ref, batch_sizes, dev, out, tracking_uri, min_time, warmup, max_iters)
     finally:

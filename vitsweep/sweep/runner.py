@@ -64,6 +64,11 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     tracker = sweep_tracker(sweep)
     storage = open_storage(sweep.storage.url, create=True)
     study, parent = set_up(sweep, storage, tracker)
+    finished, running, waiting = budget(study)
+    left = max(waiting, sweep.study.n_trials - finished - running)
+    if workers > max(1, left):  # a worker per trial left at most: more would only start and stop
+        out(f"--workers {workers}: {left} trial(s) left to run, so {max(1, left)} worker(s)")
+        workers = max(1, left)
     out(f"study {sweep.study.name} ({redact(sweep.storage.url)}): {budget(study)[0]}/{sweep.study.n_trials} trials done; "
         f"{sweep.sampler.name} sampler, {sweep.pruner.name} pruner, {sweep.epochs} epochs per trial, "
         f"{workers} worker(s)" + (f"; MLflow {redact(sweep.tracking.uri)} experiment {tracker.experiment_name}"

@@ -115,8 +115,8 @@ class SweepConfig:
                 raise ConfigError(f"--n-trials {n_trials}: must be >= 1")
             study = dataclasses.replace(study, n_trials=n_trials)
         if timeout is not None:
-            if timeout <= 0:
-                raise ConfigError(f"--timeout {timeout}: must be > 0 seconds")
+            if not (0 < timeout < float("inf")):  # nan and inf too
+                raise ConfigError(f"--timeout {timeout}: must be a number of seconds > 0")
             study = dataclasses.replace(study, timeout=timeout)
         if storage is not None:
             check_url(storage, "--storage")
@@ -197,7 +197,7 @@ def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner
                           f"{METRICS[study.metric]}d")
         if study.n_trials < 1:
             errors.append(f"study.n_trials = {study.n_trials}: must be >= 1")
-        if study.timeout is not None and study.timeout <= 0:
+        if study.timeout is not None and not (0 < study.timeout < float("inf")):
             errors.append(f"study.timeout = {study.timeout}: must be > 0 seconds or null")
     if sampler is not None:
         if sampler.name not in ("tpe", "random", "grid"):

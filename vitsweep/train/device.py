@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import warnings
 
@@ -83,8 +84,9 @@ def set_threads(threads: int | None) -> None:
     """``--threads N``: torch's intra-op threads for this process (None: leave torch's choice)."""
     if threads is None:
         return
-    if threads < 1:
-        raise ConfigError(f"--threads {threads}: must be >= 1")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        raise ConfigError(f"--threads {threads}: must be between 1 and this machine's {cores} CPU core(s)")
     torch.set_num_threads(threads)
 
 
