@@ -307,3 +307,21 @@ def test_validation_ranks_and_crowns_the_test_set_never_chooses():
                            out=lambda s: None)
     _crown(plan, board, records)
     assert crowned == ["run-0-1"]  # the seed with the best validation accuracy, not the best test
+
+
+def test_a_tracking_server_that_is_down_is_exit_2_at_once_for_promote_and_a_warning_for_report(capsys):
+    import socket
+    import time
+
+    make_study("down", [(TrialState.COMPLETE, 0.3, adamw(3e-3))])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed
+    t0 = time.perf_counter()
+    code, out, err = cli("promote", "--study", "down", "--top", "1", "--epochs", "1", "--storage", STORAGE, "--tracking-uri", down,
+                         capsys=capsys)
+    assert code == 2 and f"MLflow tracking server {down} is not reachable" in err, (out, err)
+    assert time.perf_counter() - t0 < 30 and not Path("storage/promote/down").exists()
+    code, out, err = cli("report", "--study", "down", "--storage", STORAGE, "--tracking-uri", down,
+                         "--out", "r.html", capsys=capsys)
+    assert code == 0 and Path("r.html").is_file() and "report not logged to MLflow" in err, (out, err)

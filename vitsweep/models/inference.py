@@ -75,8 +75,11 @@ def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None, dst: st
                             f"storage/runs/NAME/best.pt, written by vitsweep train) or an MLflow run id")
     # lazy: MLflow takes about a second to import, and only a run id needs it
     from vitsweep.tracking.artifacts import download_checkpoint
+    from vitsweep.tracking.client import check_tracking_server
 
-    return download_checkpoint(run_id, resolve_tracking(tracking_uri), dst)
+    uri = resolve_tracking(tracking_uri)
+    check_tracking_server(uri)
+    return download_checkpoint(run_id, uri, dst)
 
 
 def ref_name(path: Path) -> str:

@@ -50,6 +50,7 @@ from vitsweep.promote.results import (RESULT_FILE, RunRecord, format_leaderboard
 from vitsweep.promote.select import Candidate, Selection, choose_study, select_trials
 from vitsweep.sweep.locks import exclusive
 from vitsweep.sweep.study import sweep_of
+from vitsweep.tracking.client import check_tracking_server
 from vitsweep.tracking.registry import Promotion
 from vitsweep.tracking.tags import CHAMPION, TAG_RUN_DIR, TAG_SEED, TAG_SOURCE, TAG_STOP, TAG_TRIAL
 from vitsweep.train.loop import RESUMABLE_CHANGES, TrainResult, train
@@ -125,6 +126,8 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
     overrides = dict(overrides or {})
     for c in sel.picked:  # a bad --set fails here, before any folder or MLflow run exists
         promoted_config(c, epochs, 0, patience, min_delta, overrides)
+    uri = resolve_tracking(tracking_uri)
+    check_tracking_server(uri)  # a tracking server that is down: exit 2 now, not a hang in the first run
     for line in sel.lines:
         out(line)
     root = Path(out_dir) / sel.study
@@ -132,7 +135,6 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
     with exclusive(root / ".lock", f"another vitsweep promote is running for study {sel.study} ({root}/.lock); "
                                    f"wait for it to finish"):
         sweep = sweep_of(st)
-        uri = resolve_tracking(tracking_uri)
         ml = Promotion(uri, sweep.tracking.experiment or sel.study, sweep.tracking.artifacts, sel.study)
         ml.start_parent({"vitsweep.top": str(top), "vitsweep.epochs": str(epochs), "vitsweep.seeds": str(seeds),
                          "vitsweep.patience": str(patience), "vitsweep.min_delta": str(min_delta),

@@ -39,6 +39,7 @@ from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.study import sweep_of
 from vitsweep.sweep.trials import FLOPS_ATTR, describe_counts, state_counts, trials_table
 from vitsweep.tracking.artifacts import log_report
+from vitsweep.tracking.client import check_tracking_server
 from vitsweep.tracking.tags import REPORT_ARTIFACT_DIR
 
 Out = Callable[[str], None]
@@ -218,7 +219,12 @@ def write_report(study: str | None = None, storage: str | None = None, tracking_
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
     warns: list[str] = []
-    run_id, why = log_report(path, st.study_name, st.user_attrs, resolve_tracking(tracking_uri))
+    uri = resolve_tracking(tracking_uri)
+    try:
+        check_tracking_server(uri)  # a server that is down: say so at once, instead of minutes of retries
+        run_id, why = log_report(path, st.study_name, st.user_attrs, uri)
+    except VitsweepError as e:
+        run_id, why = None, f"report not logged to MLflow: {e}"
     if why:
         warns.append(why)
         warn(why)
