@@ -256,5 +256,6 @@ def test_run_id_resolution(ckpt, tmp_path, monkeypatch, capsys):
 
     code, _, err = cli("bench", without, "--tracking-uri", uri, capsys=capsys)
     assert code == 2 and f"has no {CHECKPOINT_ARTIFACT} artifact" in err and "no-model" in err
+    assert "trials.keep_checkpoints" in err and "vitsweep promote" in err and "log_checkpoint" not in err
     code, _, err = cli("evaluate", "0123456789abcdef0123456789abcdef", "--tracking-uri", uri, capsys=capsys)
     assert code == 2 and "nor a run in the MLflow store" in err and "Traceback" not in err

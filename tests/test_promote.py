@@ -325,3 +325,54 @@ def test_a_tracking_server_that_is_down_is_exit_2_at_once_for_promote_and_a_warn
     code, out, err = cli("report", "--study", "down", "--storage", STORAGE, "--tracking-uri", down,
                          "--out", "r.html", capsys=capsys)
     assert code == 0 and Path("r.html").is_file() and "report not logged to MLflow" in err, (out, err)
+
+
+def test_the_promotion_chart_draws_each_run_in_one_colour_in_both_panels():
+    from vitsweep.promote.results import RunRecord, val_curves_figure
+
+    recs = [RunRecord(study="s", trial=n, seed=0, config_desc="c", sweep_value=0.5, stop_reason="completed",
+                      epochs_run=2, best_epoch=2, best_val_acc=0.5, test_acc=0.5, test_loss=1.0, per_class_acc=[],
+                      confusion=[], classes=[], history=[{"epoch": 1, "val_acc": 0.4, "val_loss": 1.2},
+                                                          {"epoch": 2, "val_acc": 0.5, "val_loss": 1.1}],
+                      train_time_s=1.0, key="k") for n in range(12)]
+    fig = val_curves_figure(recs, "t")
+    colours: dict[str, set[str]] = {}
+    for tr in fig.data:
+        colours.setdefault(tr.name, set()).add(tr.line.color)
+    assert len(colours) == 12 and all(len(c) == 1 for c in colours.values())  # one colour per run, both panels
+    assert sum(tr.showlegend for tr in fig.data) == 12  # one legend entry per run
+
+
+def test_epochs_equal_to_the_trials_own_are_refused_with_a_hint(capsys):
+    make_study("same", [(TrialState.COMPLETE, 0.3, adamw(3e-3))])
+    code, out, err = promote_cli(capsys, "--study", "same", "--top", "1", "--epochs", "2")  # the trials ran 2
+    assert code == 2 and "--epochs 2 is the trials' own length" in err and "--set data.train_limit=null" in err
+    assert not Path("storage/promote/same").exists()
+    # with --set the runs differ from the trials: allowed
+    r = promote(top=1, epochs=2, study="same", storage=STORAGE, tracking_uri="none", out=lambda s: None,
+                overrides={"data.train_limit": 100})
+    assert r.runs[0].epochs_run == 2
+
+
+def test_ctrl_c_of_promote_says_how_to_continue(capsys, monkeypatch):
+    import vitsweep.promote.retrain as retrain
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrain, "promote", interrupted)
+    code, out, err = promote_cli(capsys, "--top", "1", "--epochs", "5")
+    assert code == 130 and "interrupted (Ctrl-C): run the same vitsweep promote command again to continue" in err
+
+
+def test_a_long_promoted_run_prints_about_twenty_epoch_lines_with_best_and_time_left(capsys):
+    from vitsweep import console
+
+    show = console.epoch_line(200, "[1/3] ", every=max(1, 200 // 20))
+    for e in range(1, 201):
+        show(e, {"train_loss": 1.0, "val_loss": 1.0, "val_acc": min(0.5, e / 100), "lr": 1e-3,
+                 "images_per_sec": 100.0, "epoch_time": 6.0})
+    lines = capsys.readouterr().out.splitlines()
+    assert 20 <= len(lines) <= 22
+    assert lines[0].startswith("[1/3] epoch   1/200") and lines[-1].startswith("[1/3] epoch 200/200")
+    assert "best 50.00% (epoch 50)" in lines[-1] and "min left" in lines[1] and "left" not in lines[-1]

@@ -374,3 +374,129 @@ def test_nonsense_numbers_are_exit_2(args, expected, tmp_path, capsys):
     code, out, err = cli(*[str(path) if a == "SWEEP" else a for a in args], capsys=capsys)
     assert code == 2 and expected in err and "Traceback" not in err, (out, err)
     assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.slow
+def test_separate_processes_started_together_sample_different_configs(tmp_path):
+    """Three `vitsweep run` processes on one study (the compose --scale case): each draws its own
+    sampler seed stream from the study, so no two trials share a config."""
+    raw = sweep_dict(tmp_path, name="together", n_trials=6, sampler={"name": "random"}, pruner={"name": "none"},
+                     space={"lr": {"path": "optimizer.lr", "low": 1e-4, "high": 1e-2, "log": True}})
+    path = tmp_path / "together.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    procs = [spawn_sweep(path, tmp_path, epoch_s=0.05) for _ in range(3)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    trials = load_study("together", f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    lrs = [t.params["lr"] for t in trials]
+    assert len(trials) == 6 and len(set(lrs)) == 6, lrs
+
+
+def test_a_sweep_run_again_from_scratch_samples_the_same_configs(tmp_path):
+    configs = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        root.mkdir()
+        raw = sweep_dict(root, name="again", n_trials=3, sampler={"name": "random"}, pruner={"name": "none"})
+        run_sweep(build_sweep(raw), out=lambda _: None, train_fn=PacedTrain(0.01))
+        configs.append([t.params for t in load_study("again", f"sqlite:///{root}/optuna.db").get_trials()])
+    assert configs[0] == configs[1]
+
+
+def test_trials_sorts_shows_the_top_rows_percent_and_blank_conditionals(swept, capsys):
+    root, _, lines = swept
+    url = f"sqlite:///{root}/optuna.db"
+    study = load_study("s", url)
+    assert study.metric_names == ["val_acc"]  # optuna-dashboard names the objective val_acc, not "Objective 0"
+    assert any("val_acc " in line and "%" in line for line in lines if line.startswith("trial "))
+    code, out, err = cli("trials", "--storage", url, "--sort", "value", "--top", "2", capsys=capsys)
+    assert code == 0, err
+    assert f"{len(study.get_trials())} trial(s), the 2 best shown" in out and "NaN" not in out and "nan" not in out
+    best = max((t for t in study.get_trials() if t.value is not None), key=lambda t: t.value)
+    rows = [line for line in out.splitlines()[1:] if line.split() and line.split()[0].isdigit()]
+    assert len(rows) == 2 and rows[0].split()[0] == str(best.number) and f"{best.value:.2%}" in rows[0]
+    code, _, err = cli("trials", "--storage", url, "--sort", "speed", capsys=capsys)
+    assert code == 2 and "--sort speed: choose number or value" in err
+
+
+def test_report_links_run_ids_to_an_mlflow_server(swept):
+    from vitsweep.report.page import build_sections
+
+    root, _, _ = swept
+    study = load_study("s", f"sqlite:///{root}/optuna.db")
+    run_id = study.get_trials()[0].user_attrs[RUN_ATTR]
+    sections, *_ = build_sections(study, root / "promote", "http://mlflow.example:5000")
+    (table,) = [s.html for s in sections if s.key == "trials"]
+    assert f'<a href="http://mlflow.example:5000/#/runs/{run_id}">{run_id}</a>' in table
+    sections, *_ = build_sections(study, root / "promote")
+    (table,) = [s.html for s in sections if s.key == "trials"]
+    assert run_id in table and "<a href" not in table
+
+
+def test_run_set_overrides_the_trainer_config_and_a_bad_key_is_exit_2(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep_dict(tmp_path, name="setrun", n_trials=1)))
+    code, out, err = cli("run", str(path), "--set", "model.dim=24", "--set", "train.epochs=1", capsys=capsys)
+    assert code == 0, err
+    from vitsweep.sweep.study import sweep_of
+
+    study = load_study("setrun", f"sqlite:///{tmp_path}/optuna.db")
+    assert sweep_of(study).base.model.dim == 24 and sweep_of(study).epochs == 1
+    assert len(study.get_trials()[0].intermediate_values) == 1
+    code, out, err = cli("run", str(path), "--set", "model.dimm=24", capsys=capsys)
+    assert code == 2 and "model.dimm" in err
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_plateau_stops_the_study_for_every_worker(workers, tmp_path):
+    """study.patience 3 with min_delta 0.5: no trial beats the first by 50 points, so the study
+    stops after 1 + 3 finished trials (+ what other workers were running), not at n_trials 12."""
+    raw = sweep_dict(tmp_path, name="flat", n_trials=12, pruner={"name": "none"},
+                     study={"patience": 3, "min_delta": 0.5})
+    lines: list[str] = []
+    run_sweep(build_sweep(raw), workers=workers, out=lines.append, train_fn=PacedTrain(0.01))
+    study = load_study("flat", f"sqlite:///{tmp_path}/optuna.db")
+    finished = [t for t in study.get_trials() if t.state.is_finished()]
+    assert 4 <= len(finished) <= 3 + 2 * workers < 12
+    why = study.user_attrs["vitsweep_stopped"]
+    assert why.startswith("plateau: ") and "study.patience 3" in why
+    assert f"stopped early: {why}" in lines
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("flat")
+    (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.`vitsweep.kind` = 'sweep'")
+    assert parent.data.tags["vitsweep.stop_reason"] == why and parent.info.status == "FINISHED"
+    # running it again does nothing more, and says why
+    lines.clear()
+    run_sweep(build_sweep(raw), workers=1, out=lines.append, train_fn=PacedTrain(0.01))
+    assert len(load_study("flat", f"sqlite:///{tmp_path}/optuna.db").get_trials()) == len(study.get_trials())
+    assert f"stopped early: {why}" in lines
+
+
+def test_plateau_settings_are_checked():
+    with pytest.raises(Exception, match="study.patience = 0"):
+        build_sweep(sweep_dict(Path("/tmp"), study={"patience": 0}))
+
+
+def test_the_mlflow_ui_opens_on_training_runs_and_pruned_runs_say_so(swept):
+    root, _, lines = swept
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("s")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI traces page
+    runs = mlflow_runs(root, "s")
+    study = load_study("s", f"sqlite:///{root}/optuna.db")
+    pruned = [t.number for t in study.get_trials() if t.state == TrialState.PRUNED]
+    assert pruned, "the shared sweep has pruned trials"
+    for number, run in runs.items():
+        assert run.info.run_name.endswith(" (pruned)") == (number in pruned), run.info.run_name
+        assert run.data.tags["vitsweep.trial_state"] in ("COMPLETE", "PRUNED")
+    assert any(f"runs: vitsweep ui, then http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in line
+               for line in lines)
+
+
+def test_each_trial_line_says_how_far_the_sweep_is_the_best_so_far_and_an_eta(swept):
+    _, summary, lines = swept
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    assert [line.split(" | ")[1].split(" done")[0] for line in trial_lines] == [f"{n}/6" for n in range(1, 7)]
+    assert all("best val_acc " in line and " running" in line for line in trial_lines)
+    assert all("ETA ~" in line for line in trial_lines[:-1]) and "ETA" not in trial_lines[-1]
+    assert f"best val_acc {summary.best_value:.2%}" in trial_lines[-1]

@@ -18,7 +18,15 @@ from vitsweep.errors import VitsweepError, plain_warnings
 
 
 class _Group(TyperGroup):
-    """Turn a user's mistake (VitsweepError) into 'error: ...' on stderr and its exit code (2)."""
+    """Turn a user's mistake (VitsweepError) into 'error: ...' on stderr and its exit code (2);
+    list the commands in workflow order."""
+
+    ORDER = ("run", "trials", "studies", "dashboard", "ui", "report", "promote", "train", "evaluate", "bench",
+             "export")
+
+    def list_commands(self, ctx):  # noqa: ANN001, ANN201
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
 
     def invoke(self, ctx):  # noqa: ANN001, ANN201
         try:
@@ -26,25 +34,63 @@ class _Group(TyperGroup):
         except VitsweepError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            if not _out_of_memory(e):
+                raise
+            typer.echo(f"error: out of memory ({' '.join(str(e).split())[:200]}); use less of it: a smaller "
+                       f"train.batch_size or train.micro_batch (train, promote), smaller --batch-sizes (bench, "
+                       f"evaluate), or a smaller model (model.dim, depth, a larger patch_size)", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (vitsweep.signals): the command cleaned up
             typer.echo(signals.describe(e), err=True)
             raise typer.Exit(signals.exit_code(e)) from None
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _existing_ref(ref: str) -> bool:
+    """A checkpoint that exists, or what looks like a run id: worth a "working on it" line (a
+    missing file gets its error alone)."""
+    return Path(ref).exists() or ("/" not in ref and not ref.endswith(".pt"))
+
+
+def _folder(path: Optional[Path], option: str) -> None:
+    """An output folder option that names an existing file is a user's mistake: exit 2 before anything."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise VitsweepError(f"{option} {path}: is a file, not a folder; give a folder (it is created if missing)")
 
 
 app = typer.Typer(
     cls=_Group,
     rich_markup_mode=None,  # help texts say "[default: ...]" literally
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
-    help="Hyperparameter sweeps for Vision Transformers trained from scratch.",
 )
 
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"vitsweep {version('vitsweep')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
-    """Hyperparameter sweeps for Vision Transformers trained from scratch."""
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print vitsweep's version and exit.")] = False,
+) -> None:
+    """Hyperparameter sweeps for Vision Transformers trained from scratch.
+
+    The workflow, in order: run a sweep; watch it (trials, studies, dashboard, ui); report on it;
+    promote its best configs to full-length runs with honest test accuracy. train runs one config;
+    evaluate, bench and export work on a trained model."""
 
 
 SetOption = Annotated[
@@ -71,12 +117,15 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue a killed run from RUN_DIR/last.pt.")] = None,
     threads: ThreadsOption = None,
 ) -> None:
-    """Train one ViT: a progress bar and a line per epoch, then best val and test accuracy."""
+    """Train one ViT: a progress bar and a line per epoch, then best val and test accuracy.
+
+    Example: vitsweep train sweeps/cpu_recipe.yaml --set train.time_limit=600"""
     from vitsweep import console
     from vitsweep.train.config import load_config
     from vitsweep.paths import RUNS_DIR
     from vitsweep.train.loop import train as run_train
 
+    _folder(run_dir, "--run-dir")
     _threads(threads)
 
     if config is None and resume is None:
@@ -118,11 +167,15 @@ def evaluate(
     tracking_uri: TrackingUriOption = None,
     threads: ThreadsOption = None,
 ) -> None:
-    """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid."""
+    """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid.
+
+    Example: vitsweep evaluate storage/runs/cpu_recipe-20261125-1700/best.pt"""
     from vitsweep.models.evaluate import format_summary, run_evaluate
 
+    _folder(out, "--out")
     _threads(threads)
-
+    if _existing_ref(ref):
+        typer.echo(f"evaluating {ref} on its test split (loading the model and the data first)...", err=True)
     print(format_summary(run_evaluate(ref, out=out, device=device, fp8=fp8, tracking_uri=tracking_uri)))
 
 
@@ -136,9 +189,16 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch [default: torch's choice].")] = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html."""
+    """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html.
+
+    Example: vitsweep bench storage/runs/NAME/best.pt --batch-sizes 1,16,128"""
     from vitsweep.models.bench import format_summary, parse_batch_sizes, run_bench
 
+    _folder(out, "--out")
+    sizes = parse_batch_sizes(batch_sizes)
+    if _existing_ref(ref):
+        typer.echo(f"benchmarking {ref} at batch sizes {', '.join(map(str, sizes))} (~{min_time:g} s of timed "
+                   f"passes each, after warm-up)...", err=True)
     print(format_summary(run_bench(ref, parse_batch_sizes(batch_sizes), device=device, out=out, min_time=min_time,
                                    threads=threads, tracking_uri=tracking_uri)))
 
@@ -150,16 +210,23 @@ def export(
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/export/NAME].")] = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
-    """ONNX or TorchScript file, verified against PyTorch's logits, with its config beside it as JSON."""
+    """ONNX or TorchScript file, verified against PyTorch's logits, with its config beside it as JSON.
+
+    Example: vitsweep export storage/runs/NAME/best.pt --format onnx"""
     from vitsweep.models.export import format_summary, run_export
 
+    _folder(out, "--out")
     print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
 
 
 StorageOption = Annotated[
     Optional[str],
-    typer.Option("--storage", help="Optuna storage URL [default: (run) the sweep file's storage.url, else "
+    typer.Option("--storage", help="Optuna storage URL [default: the sweep file's storage.url, else "
                              "$VITSWEEP_STORAGE, else sqlite:///storage/optuna.db]."),
+]
+ReadStorageOption = Annotated[  # the commands that read a study: no sweep file
+    Optional[str],
+    typer.Option("--storage", help="Optuna storage URL [default: $VITSWEEP_STORAGE, else sqlite:///storage/optuna.db]."),
 ]
 
 
@@ -171,13 +238,17 @@ def run(
     storage: StorageOption = None,
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off) "
                             "[default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db].")] = None,
+    set_: SetOption = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no new trial after this many seconds.")] = None,
 ) -> None:
-    """Run (or continue) a sweep: a line per trial, then the best trial and counts by state."""
+    """Run (or continue) a sweep: a line per trial, then the best trial and counts by state.
+
+    Example: vitsweep run sweeps/cifar10_cpu.yaml --workers 2"""
     from vitsweep.sweep.runner import run_sweep
     from vitsweep.sweep.spec import load_sweep
+    from vitsweep.train.config import parse_overrides
 
-    cfg = load_sweep(sweep).with_overrides(n_trials=n_trials, timeout=timeout, storage=storage,
+    cfg = load_sweep(sweep, parse_overrides(set_ or [])).with_overrides(n_trials=n_trials, timeout=timeout, storage=storage,
                                            tracking_uri=tracking_uri)
     run_sweep(cfg, workers=workers)
 
@@ -185,14 +256,29 @@ def run(
 @app.command()
 def trials(
     study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
-    storage: StorageOption = None,
+    storage: ReadStorageOption = None,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table to this CSV file.")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="number (trial order) or value (best first).")] = "number",
+    top: Annotated[Optional[int], typer.Option("--top", help="Show this many rows at most.")] = None,
 ) -> None:
-    """Table of a study's trials: state, value, epochs, params, failure reason."""
+    """Table of a study's trials: state, value, epochs, params, failure reason.
+
+    Example: vitsweep trials --sort value --top 10"""
     from vitsweep.paths import storage_url
     from vitsweep.sweep.trials import show_trials
 
-    show_trials(study, storage_url(storage), csv)
+    show_trials(study, storage_url(storage), csv, sort, top)
+
+
+@app.command()
+def studies(storage: ReadStorageOption = None) -> None:
+    """Every study in the storage: trials by state, best value, last activity.
+
+    Example: vitsweep studies --storage sqlite:///storage/optuna.db"""
+    from vitsweep.paths import storage_url
+    from vitsweep.sweep.trials import show_studies
+
+    show_studies(storage_url(storage))
 
 
 @app.command()
@@ -200,7 +286,7 @@ def promote(
     top: Annotated[int, typer.Option("--top", help="How many of the best completed trials (distinct configs).")],
     epochs: Annotated[int, typer.Option("--epochs", help="Full training length (the schedule stretches to it).")],
     study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
-    storage: StorageOption = None,
+    storage: ReadStorageOption = None,
     tracking_uri: Annotated[Optional[str], typer.Option(
         "--tracking-uri", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///storage/mlflow.db]; 'none': off.")] = None,
     patience: Annotated[Optional[int], typer.Option(
@@ -213,19 +299,28 @@ def promote(
         "--set", "-s", help="Override a key of every promoted run's config, e.g. --set data.train_limit=null "
                             "to promote on the full data after a sweep on a subset (repeatable).")] = None,
 ) -> None:
-    """Retrain the top trials at full length, test each best checkpoint, rank them (resumable)."""
+    """Retrain the top trials at full length, test each best checkpoint, rank them (resumable).
+
+    Example: vitsweep promote --top 3 --epochs 30 --set data.train_limit=null"""
     from vitsweep.promote.retrain import DEFAULT_OUT, promote as run_promote
     from vitsweep.train.config import parse_overrides
 
+    _folder(out, "--out")
     _threads(threads)
-    run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri, patience=patience,
-                min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT, overrides=parse_overrides(set_ or []))
+    try:
+        run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri,
+                    patience=patience, min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT,
+                    overrides=parse_overrides(set_ or []))
+    except KeyboardInterrupt as e:
+        typer.echo(f"\n{signals.describe(e)}: run the same vitsweep promote command again to continue (finished "
+                   f"runs are kept, the interrupted one resumes from its last epoch)", err=True)
+        raise typer.Exit(signals.exit_code(e)) from None
 
 
 @app.command()
 def report(
     study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
-    storage: StorageOption = None,
+    storage: ReadStorageOption = None,
     tracking_uri: Annotated[Optional[str], typer.Option(
         "--tracking-uri", help="MLflow store of the sweep's parent run [default: $MLFLOW_TRACKING_URI or "
                                "sqlite:///storage/mlflow.db]; 'none': do not log the page.")] = None,
@@ -233,7 +328,9 @@ def report(
     promote_dir: Annotated[Optional[Path], typer.Option(
         "--promote-dir", help="vitsweep promote's --out, for the leaderboard [default: storage/promote].")] = None,
 ) -> None:
-    """One self-contained HTML page of a study's plots, also logged to its MLflow parent run."""
+    """One self-contained HTML page of a study's plots, also logged to its MLflow parent run.
+
+    Example: vitsweep report --study cifar10_cpu"""
     from vitsweep.report.page import write_report
 
     write_report(study, storage, tracking_uri, out, promote_dir)
@@ -241,11 +338,13 @@ def report(
 
 @app.command()
 def dashboard(
-    storage: StorageOption = None,
+    storage: ReadStorageOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 8080,
 ) -> None:
-    """Serve optuna-dashboard on the sweep storage."""
+    """Serve optuna-dashboard on the sweep storage.
+
+    Example: vitsweep dashboard --port 8080"""
     from vitsweep.paths import storage_url
     from vitsweep.servers import dashboard as serve
 
@@ -258,7 +357,9 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 5000,
 ) -> None:
-    """Serve the MLflow UI (and REST API) on the sweeps' tracking store."""
+    """Serve the MLflow UI (and REST API) on the sweeps' tracking store.
+
+    Example: vitsweep ui --port 5000"""
     from vitsweep.paths import tracking_uri as resolve_tracking
     from vitsweep.servers import ui as serve
 

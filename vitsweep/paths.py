@@ -117,16 +117,48 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def prepare_sqlite(url: str) -> None:
-    """Create the parent folder and switch the database to WAL (persistent in the file)."""
+    """Create the parent folder and switch the database to WAL (persistent in the file). A file
+    that is not a database, or a folder vitsweep cannot write, is a ConfigError saying which."""
     path = sqlite_path(url)
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
     try:
-        con.execute("PRAGMA journal_mode=WAL")
-    finally:
-        con.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{url}: cannot create the folder {path.parent} ({e.strerror})") from None
+    if path.is_dir():
+        raise ConfigError(f"{url}: {path} is a folder; give a database file name (e.g. {path / 'optuna.db'})")
+    try:
+        con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA schema_version").fetchone()  # reads the header: a non-database fails here
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        why = str(e)
+        if "not a database" in why:
+            raise ConfigError(f"{url}: {path} is not a SQLite database; give another file (vitsweep creates it)") from None
+        if "readonly" in why or "unable to open" in why:
+            raise ConfigError(f"{url}: {path} cannot be written ({why}); make {path.parent} writable or use "
+                              f"another location") from None
+        raise ConfigError(f"{url}: {path}: {why}") from None
+
+
+def sqlite_tables(url: str) -> set[str] | None:
+    """The tables of the SQLite database at ``url`` (None: not SQLite), read without changing it.
+    A file that is not a database is a ConfigError."""
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"{url}: {path} is not a SQLite database ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -89,6 +89,10 @@ def ui(tracking_uri: str = DEFAULT_TRACKING, host: str = "127.0.0.1", port: int 
     # runner (GenAI jobs, several huey processes) is off unless asked for: sweeps never use it.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri}
     print(f"MLflow UI for {redact(tracking_uri)} on http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    from vitsweep.tracking.client import experiment_runs_urls  # lazy: MLflow's import is slow
+
+    for line in experiment_runs_urls(tracking_uri, f"http://{host}:{port}"):
+        print(f"  runs of {line}", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         return proc.wait()

@@ -20,6 +20,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from vitsweep.sweep.trials import fmt_metric
 from vitsweep.paths import atomic_write
 
 RESULT_FILE = "result.json"
@@ -178,7 +179,7 @@ def format_leaderboard(board: pd.DataFrame | None, study: str, metric: str) -> s
     for place, row in board.iterrows():
         val = _mean_std(row["best_val_acc_mean"], row.get("best_val_acc_std", float("nan")))
         acc = _mean_std(row["test_acc_mean"], row["test_acc_std"])
-        lines.append(f"{place:>2}  {int(row['trial']):>5}  {row[f'sweep_{metric}']:>14.4f}  {val:>16}  {acc:>16}  "
+        lines.append(f"{place:>2}  {int(row['trial']):>5}  {fmt_metric(row[f'sweep_{metric}'], metric):>14}  {val:>16}  {acc:>16}  "
                      f"{row['epochs_run']:>8}  {row['stop_reason']:<14}  {row['wall_time_s']:>7.1f}s  {row['config']}")
     return "\n".join(lines)
 

@@ -124,6 +124,11 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
     st = choose_study(study, storage, out)
     sel = select_trials(st, top)
     overrides = dict(overrides or {})
+    trial_epochs = {c.config.train.epochs for c in sel.picked}
+    if not overrides and trial_epochs == {epochs}:
+        raise VitsweepError(f"--epochs {epochs} is the trials' own length: promotion would train the same runs "
+                            f"again; retrain longer (e.g. --epochs {epochs * 10}), or change the runs with --set "
+                            f"(e.g. --set data.train_limit=null after a sweep on a subset)")
     for c in sel.picked:  # a bad --set fails here, before any folder or MLflow run exists
         promoted_config(c, epochs, 0, patience, min_delta, overrides)
     uri = resolve_tracking(tracking_uri)
@@ -232,7 +237,7 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
 
     p.out(f"{prefix}{'resuming' if (run_dir / 'last.pt').is_file() else 'training'} {c.describe} in {run_dir}")
     p.ml.set_running(run_id)
-    show = console.epoch_line(p.epochs, prefix)
+    show = console.epoch_line(p.epochs, prefix, every=max(1, p.epochs // 20))  # ~20 lines a run, not 200
 
     def on_epoch(epoch: int, m: dict[str, float]) -> None:
         p.ml.log_epoch(run_id, epoch, m)

@@ -20,7 +20,7 @@ from vitsweep.errors import VitsweepError
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import latest_study, load_study, open_storage
 from vitsweep.sweep.study import sweep_of, trial_config
-from vitsweep.sweep.trials import REASON_ATTR, describe_counts, state_counts
+from vitsweep.sweep.trials import REASON_ATTR, describe_counts, fmt_metric, state_counts
 from vitsweep.tracking.tags import RUN_ATTR
 
 
@@ -82,10 +82,10 @@ def select_trials(study: optuna.Study, top: int) -> Selection:
     best_word = "highest" if maximize else "lowest"
     for rank, (t, cfg) in enumerate(unique, 1):
         if rank > top:
-            lines.append(f"not picked: trial {t.number} ({metric} {t.value:.4f}, rank {rank} > --top {top})")
+            lines.append(f"not picked: trial {t.number} ({metric} {fmt_metric(t.value, metric)}, rank {rank} > --top {top})")
             continue
         ties = [u.number for u, _ in unique if u.value == t.value and u.number != t.number]
-        why = f"rank {rank}: {metric} {t.value:.4f}, {'the ' + best_word if rank == 1 else 'next ' + best_word}"
+        why = f"rank {rank}: {metric} {fmt_metric(t.value, metric)}, {'the ' + best_word if rank == 1 else 'next ' + best_word}"
         if ties:
             why += f"; tied with trial(s) {', '.join(map(str, ties))}, the lower trial number ranks first"
         lines.insert(len(picked), f"picked trial {t.number} ({why}): {describe_params(t.params)}")
@@ -121,7 +121,7 @@ def _distinct(study: optuna.Study, ordered: list[FrozenTrial], metric: str,
             continue
         key = json.dumps(cfg.to_dict(), sort_keys=True)
         if key in seen:
-            lines.append(f"skipped trial {t.number}: {metric} {t.value:.4f}, same trainer config as trial "
+            lines.append(f"skipped trial {t.number}: {metric} {fmt_metric(t.value, metric)}, same trainer config as trial "
                          f"{seen[key]} (ranked higher), a duplicate")
             continue
         seen[key] = t.number

@@ -54,7 +54,8 @@ def intermediate_figure(study: optuna.Study, metric: str, trial_epochs: int, run
         if t is None:
             continue
         tr.name = f"trial {t.number} ({t.state.name.lower()})"
-        tr.hovertemplate = f"trial {t.number} {t.state.name.lower()}<br>epoch %{{x}}<br>{metric} %{{y:.4f}}<extra></extra>"
+        y_fmt = ".2%" if "acc" in metric else ".4f"  # as vitsweep shows the metric everywhere (fmt_metric)
+        tr.hovertemplate = f"trial {t.number} {t.state.name.lower()}<br>epoch %{{x}}<br>{metric} %{{y:{y_fmt}}}<extra></extra>"
         tr.marker = {"size": 5}
         if t.state == TrialState.PRUNED:
             tr.line = {"color": PRUNED_COLOR, "dash": "dash", "width": 1.5}

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from vitsweep import console
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, redact, storage_url, tracking_uri as resolve_tracking
+from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, is_http, redact, storage_url, tracking_uri as resolve_tracking
 from vitsweep.promote.results import read_promotion, val_curves_figure
 from vitsweep.report.compute import ComputeSpent, compute_spent
 from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section, hyperband_rungs,
@@ -37,7 +37,7 @@ from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.study import sweep_of
-from vitsweep.sweep.trials import FLOPS_ATTR, describe_counts, state_counts, trials_table
+from vitsweep.sweep.trials import FLOPS_ATTR, describe_counts, fmt_metric, metric_of, state_counts, trials_table
 from vitsweep.tracking.artifacts import log_report
 from vitsweep.tracking.client import check_tracking_server
 from vitsweep.tracking.tags import REPORT_ARTIFACT_DIR
@@ -59,7 +59,8 @@ class ReportResult:
     seconds: float = 0.0
 
 
-def build_sections(study: optuna.Study, promote_dir: Path) -> tuple[list[Section], ComputeSpent, bool, str]:
+def build_sections(study: optuna.Study, promote_dir: Path, runs_url: str | None = None,
+                   ) -> tuple[list[Section], ComputeSpent, bool, str]:
     sweep = sweep_of(study)
     metric, epochs = sweep.study.metric, sweep.epochs
     sections = _study_sections(study, sweep)
@@ -68,7 +69,7 @@ def build_sections(study: optuna.Study, promote_dir: Path) -> tuple[list[Section
     sections.insert(3, figure_section("best_vs_compute", "Best value against compute spent",
                                       lambda: best_vs_compute_figure(study, metric, FLOPS_ATTR),
                                       "no trial recorded its compute yet"))
-    sections.append(_trials_section(study))
+    sections.append(_trials_section(study, runs_url))
     promo = _promotion_section(promote_dir, study.study_name)
     if promo is not None:
         sections.append(promo)
@@ -113,14 +114,22 @@ def _compute_section(study: optuna.Study, cs: ComputeSpent, epochs: int) -> Sect
     return sec
 
 
-def _trials_section(study: optuna.Study) -> Section:
+def _trials_section(study: optuna.Study, runs_url: str | None = None) -> Section:
+    """The trials table; with ``runs_url`` (an MLflow server's address) each run id links to its run."""
     df = trials_table(study)
     tail = [c for c in ("reason", "mlflow_run_id") if c in df.columns]
     df = df[[c for c in df.columns if c not in tail] + tail]  # params (conditional ones too) before them
     for col in df.columns:
         if df[col].dtype == object:
-            df[col] = df[col].where(df[col].notna(), "")
-    table = df.to_html(classes="trials", float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+            df[col] = [html.escape(str(v)) if v is not None and v == v else "" for v in df[col]]
+    if "value" in df.columns:  # accuracy in percent, as everywhere
+        metric = metric_of(study)
+        df["value"] = [fmt_metric(v, metric) for v in df["value"]]
+        df = df.rename(columns={"value": metric})
+    if runs_url and "mlflow_run_id" in df.columns:
+        base = runs_url.rstrip("/")
+        df["mlflow_run_id"] = [f'<a href="{base}/#/runs/{r}">{r}</a>' if r else "" for r in df["mlflow_run_id"]]
+    table = df.to_html(classes="trials", float_format=lambda v: f"{v:.4g}", na_rep="", border=0, escape=False)
     return Section("trials", "Trials", html=table)
 
 
@@ -145,7 +154,7 @@ def _header(study: optuna.Study, sweep: SweepConfig, cs: ComputeSpent) -> str:
     trials = study.get_trials(deepcopy=False)
     try:
         best = study.best_trial
-        best_line = (f"best: trial {best.number}, {sweep.study.metric} {best.value:.4f} "
+        best_line = (f"best: trial {best.number}, {sweep.study.metric} {fmt_metric(best.value, sweep.study.metric)} "
                      f"({html.escape(describe_params(best.params))})")
     except ValueError:
         best_line = "best: none yet (no completed trial)"
@@ -211,7 +220,9 @@ def write_report(study: str | None = None, storage: str | None = None, tracking_
     st = load_study(study, storage)
     if not st.get_trials(deepcopy=False):
         raise VitsweepError(f"study {st.study_name} in {redact(storage)} has no trials yet; nothing to report")
-    sections, cs, promoted, header = build_sections(st, Path(promote_dir) if promote_dir else PROMOTE_DIR)
+    uri = resolve_tracking(tracking_uri)
+    sections, cs, promoted, header = build_sections(st, Path(promote_dir) if promote_dir else PROMOTE_DIR,
+                                                    redact(uri) if is_http(uri) else None)
     page = render(st.study_name, header, sections, dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
     path = Path(out) if out is not None else REPORTS_DIR / f"{st.study_name}.html"
     if path.suffix.lower() not in (".html", ".htm"):
@@ -219,7 +230,6 @@ def write_report(study: str | None = None, storage: str | None = None, tracking_
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
     warns: list[str] = []
-    uri = resolve_tracking(tracking_uri)
     try:
         check_tracking_server(uri)  # a server that is down: say so at once, instead of minutes of retries
         run_id, why = log_report(path, st.study_name, st.user_attrs, uri)

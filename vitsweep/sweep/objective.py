@@ -29,7 +29,7 @@ from vitsweep.errors import ConfigError, DataError
 from vitsweep.sweep.resume import requeue, resume, retry_history
 from vitsweep.sweep.space import suggest
 from vitsweep.sweep.spec import SweepConfig
-from vitsweep.sweep.trials import FLOPS_ATTR, REASON_ATTR
+from vitsweep.sweep.trials import FLOPS_ATTR, REASON_ATTR, fmt_metric
 from vitsweep.tracking.runs import Tracker
 from vitsweep.tracking.tags import RUN_ATTR
 from vitsweep.train.loop import TrainResult
@@ -181,7 +181,7 @@ class Objective:
             trial.report(v, epoch)
             # After the last epoch, pruning would save nothing and only hide a finished result.
             if epoch < epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}/{epochs} ({metric} {v:.4f})"
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}/{epochs} ({metric} {fmt_metric(v, metric)})"
                                          + (" (epochs re-reported after resuming)" if resumed else ""))
 
         return report

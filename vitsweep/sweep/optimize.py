@@ -22,12 +22,13 @@ from vitsweep import signals
 from vitsweep.errors import VitsweepError, plain_warnings
 from vitsweep.sweep import placement
 from vitsweep.sweep.heartbeat import StaleTrial, fail_stale_trials
+from vitsweep.sweep import plateau
 from vitsweep.sweep.locks import budget_lock
 from vitsweep.sweep.objective import Objective, TrainFn, TrialFailed
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import open_storage
 from vitsweep.sweep.study import build_pruner, build_sampler, sweep_tracker
-from vitsweep.sweep.trials import budget, duration_estimate, trial_line
+from vitsweep.sweep.trials import budget, duration_estimate, fmt_metric, trial_line
 from vitsweep.train.loop import train
 
 Out = Callable[[str], None]
@@ -42,17 +43,22 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
     st = sweep.storage
     storage = open_storage(st.url, create=True, heartbeat_interval=st.heartbeat_interval,
                            grace_period=st.grace_period, stale_callback=StaleTrial(st.max_retry, tracker))
-    n_existing = len(optuna.load_study(study_name=sweep.study.name, storage=storage).get_trials(deepcopy=False))
-    seed = None if sweep.study.seed is None else sweep.study.seed + 7919 * index + 104729 * n_existing
+    seed = None if sweep.study.seed is None else sampler_seed(sweep, storage)
     study = optuna.load_study(study_name=sweep.study.name, storage=storage, sampler=build_sampler(sweep, seed),
                               pruner=build_pruner(sweep))
     deadline = None if sweep.study.timeout is None else time.monotonic() + sweep.study.timeout
 
     estimated = index != 0
+    started = time.monotonic()
+    mine: list[float] = []  # this worker's trial times, for the ETA
 
     def progress(study_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         nonlocal estimated
-        out(tag + trial_line(t, sweep.study.metric, sweep.epochs))
+        finished, running, waiting = budget(study_)
+        if t.duration:
+            mine.append(t.duration.total_seconds())
+        out(tag + trial_line(t, sweep.study.metric, sweep.epochs)
+            + status_tail(study_, sweep, finished, running, mine, workers))
         if not estimated and t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             estimated = True
             finished, running, waiting = budget(study_)
@@ -75,6 +81,8 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                     load_data(sweep.base.data, resolve_device(device or sweep.base.train.device))
                     loaded = True
             with lock.holding():
+                if plateau.check(study, sweep.study.patience, sweep.study.min_delta, sweep.study.metric):
+                    break  # the study has stopped on a plateau (this worker decided it, or another did)
                 finished, running, waiting = budget(study)
                 full = waiting == 0 and finished + running >= sweep.study.n_trials
                 if not full:
@@ -88,6 +96,41 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                 time.sleep(min(2.0, st.heartbeat_interval))
                 fail_stale_trials(study)
     return ran
+
+
+STREAMS_ATTR = "vitsweep_seed_streams"  # how many worker processes have drawn a sampler seed
+
+
+def sampler_seed(sweep: SweepConfig, storage: optuna.storages.BaseStorage) -> int:
+    """This worker process's sampler seed: ``study.seed``, the trials so far, and a stream number
+    that the study hands out once per worker process under the budget lock. Processes started
+    together (``--workers N``, or ``vitsweep run`` on N machines) never share a stream, so never
+    sample the same configs; the first process on a new study always gets stream 0, so a sweep run
+    again from scratch samples the same configs."""
+    with budget_lock(sweep.storage.url, sweep.study.name) as lock, lock.holding():
+        study = optuna.load_study(study_name=sweep.study.name, storage=storage)
+        stream = int(study.user_attrs.get(STREAMS_ATTR, 0))
+        study.set_user_attr(STREAMS_ATTR, stream + 1)
+        n_existing = len(study.get_trials(deepcopy=False))
+    return sweep.study.seed + 7919 * stream + 104729 * n_existing
+
+
+def status_tail(study: optuna.Study, sweep: SweepConfig, finished: int, running: int, times: list[float],
+                workers: int) -> str:
+    """What a trial line adds about the whole sweep: the best value so far, the trials running, and
+    an ETA from the trial times measured here (pruned trials included, so it shrinks as Hyperband
+    prunes)."""
+    metric = sweep.study.metric
+    try:
+        best = fmt_metric(study.best_value, metric)
+    except ValueError:  # no completed trial yet
+        best = "-"
+    left = max(0, sweep.study.n_trials - finished)
+    tail = f"  | {finished}/{sweep.study.n_trials} done, best {metric} {best}, {running} running"
+    if times and left:
+        eta = sum(times) / len(times) * left / max(1, workers)
+        tail += f", ETA ~{eta / 60:.0f} min" if eta >= 90 else f", ETA ~{eta:.0f} s"
+    return tail
 
 
 def device_override(where: placement.Placement, sweep: SweepConfig) -> str | None:

@@ -20,16 +20,16 @@ import optuna
 
 from vitsweep import console, signals
 from vitsweep.errors import ConfigError
-from vitsweep.paths import redact
+from vitsweep.paths import is_http, redact
 from vitsweep.sweep.objective import TrainFn
-from vitsweep.sweep import placement
+from vitsweep.sweep import placement, plateau
 from vitsweep.sweep.optimize import device_override, worker, worker_process
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import open_storage
 from vitsweep.sweep.study import set_up, sweep_tracker
-from vitsweep.sweep.trials import budget, describe_counts, state_counts
-from vitsweep.tracking.client import check_tracking_server
+from vitsweep.sweep.trials import budget, describe_counts, fmt_metric, metric_of, state_counts
+from vitsweep.tracking.client import check_tracking_server, runs_url
 from vitsweep.train.data import load_data
 from vitsweep.train.loop import train
 
@@ -92,9 +92,18 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
         metric = sweep.study.metric
         finished, running, waiting = budget(final)
         others = running > 0 or (waiting > 0 and finished < sweep.study.n_trials)  # workers elsewhere go on
+        why = plateau.stopped(final)
+        if why and not stop:
+            summary.lines.insert(1, f"stopped early: {why}")
+            others = running > 0
         tracker.end_parent(parent, "KILLED" if stop else None if others else "FINISHED",
                            {**{f"trials_{k.lower()}": v for k, v in summary.counts.items()},
-                            **({f"best_{metric}": summary.best_value} if summary.best_value is not None else {})})
+                            **({f"best_{metric}": summary.best_value} if summary.best_value is not None else {})},
+                           tags={"vitsweep.stop_reason": why} if why else None)
+    if tracker.enabled and tracker.experiment_id and parent:
+        where = (runs_url(redact(sweep.tracking.uri), tracker.experiment_id) if is_http(sweep.tracking.uri) else
+                 f"vitsweep ui, then {runs_url('http://127.0.0.1:5000', tracker.experiment_id)}")
+        summary.lines[-1] = f"MLflow parent run: {parent}; runs: {where}"
     for line in summary.lines:
         out(line)
     if stop is not None:
@@ -141,7 +150,8 @@ def summarize(study: optuna.Study, parent: str | None, wall: float, interrupted:
     lines = [f"{'interrupted' if interrupted else 'done'}: study {study.study_name}, {len(trials)} trial(s) "
              f"({describe_counts(counts)}) in {wall:.1f}s"]
     if best is not None:
-        lines.append(f"best: trial {best.number}, value {best.value:.4f}, {describe_params(best.params)}")
+        metric = metric_of(study)
+        lines.append(f"best: trial {best.number}, {metric} {fmt_metric(best.value, metric)}, {describe_params(best.params)}")
     if parent:
         lines.append(f"MLflow parent run: {parent}  (vitsweep ui)")
     return SweepSummary(study.study_name, counts, best.number if best else None, best.value if best else None,

@@ -6,7 +6,7 @@ a :class:`SweepConfig` and trusts it.
 
 Layout of a sweep file (see ``sweeps/*.yaml``)::
 
-    study:   {name, direction, metric, n_trials, timeout, seed}
+    study:   {name, direction, metric, n_trials, timeout, seed, patience, min_delta}
     sampler: {name: tpe | random | grid, n_startup_trials, multivariate, group, constant_liar}
     pruner:  {name: hyperband | median | none, min_resource, reduction_factor, ...}
     storage: {url, heartbeat_interval, grace_period, max_retry}
@@ -48,6 +48,10 @@ class StudySpec:
     n_trials: int = 20
     timeout: float | None = None  # seconds per `vitsweep run` invocation; no new trial after it
     seed: int | None = 0
+    # Plateau: the sweep ends (for every worker) once `patience` finished trials in a row have not
+    # improved the best value by more than `min_delta` (sweep/plateau.py). null: off.
+    patience: int | None = None
+    min_delta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -130,17 +134,19 @@ class SweepConfig:
 # Loading
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep file; raises :class:`ConfigError` listing every problem."""
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read and validate a sweep file; raises :class:`ConfigError` listing every problem.
+    ``overrides`` (``vitsweep run --set key=value``) replace trainer config keys, as ``train --set``."""
     p = Path(path)
     raw = read_yaml(p)
-    return build_sweep(raw, source=str(p), base_dir=p.parent)
+    return build_sweep(raw, source=str(p), base_dir=p.parent, overrides=overrides)
 
 
 _TOP = ("study", "sampler", "pruner", "storage", "tracking", "trials", "base", "trainer", "space")
 
 
-def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | None = None) -> SweepConfig:
+def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | None = None,
+                overrides: dict[str, Any] | None = None) -> SweepConfig:
     errors: list[str] = []
     for key in raw:
         if key not in _TOP:
@@ -165,7 +171,7 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
 
     _check_sections(study, sampler, pruner, storage, errors)
 
-    base_cfg = _trainer_config(raw, source, base_dir, errors)
+    base_cfg = _trainer_config(raw, source, base_dir, errors, overrides or {})
     space = parse_space(raw.get("space"), errors)
     if sampler is not None and sampler.name == "grid":
         check_grid(space, errors)
@@ -199,6 +205,10 @@ def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner
             errors.append(f"study.n_trials = {study.n_trials}: must be >= 1")
         if study.timeout is not None and not (0 < study.timeout < float("inf")):
             errors.append(f"study.timeout = {study.timeout}: must be > 0 seconds or null")
+        if study.patience is not None and study.patience < 1:
+            errors.append(f"study.patience = {study.patience}: must be >= 1 finished trials, or null (off)")
+        if not (0 <= study.min_delta < float("inf")):
+            errors.append(f"study.min_delta = {study.min_delta}: must be >= 0")
     if sampler is not None:
         if sampler.name not in ("tpe", "random", "grid"):
             errors.append(f"sampler.name = {sampler.name!r}: unknown sampler; must be tpe, random or grid")
@@ -224,7 +234,8 @@ def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner
             errors.append(f"storage.max_retry = {storage.max_retry}: must be >= 0")
 
 
-def _trainer_config(raw: dict[str, Any], source: str, base_dir: Path | None, errors: list[str]) -> Config | None:
+def _trainer_config(raw: dict[str, Any], source: str, base_dir: Path | None, errors: list[str],
+                    overrides: dict[str, Any]) -> Config | None:
     # The trainer config: `base` file, then the inline `trainer` mapping over it.
     trainer_raw: dict[str, Any] = {}
     base_ref = raw.get("base")
@@ -242,7 +253,7 @@ def _trainer_config(raw: dict[str, Any], source: str, base_dir: Path | None, err
     inline = _mapping(raw, "trainer", errors)
     trainer_raw = _merge(trainer_raw, inline)
     try:
-        return build_config(trainer_raw, {"train.test": False}, source=f"{source}: trainer")
+        return build_config(trainer_raw, {**overrides, "train.test": False}, source=f"{source}: trainer")
     except ConfigError as e:
         errors.append(str(e).replace("\n", "\n  "))
         return None

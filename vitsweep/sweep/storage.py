@@ -24,7 +24,7 @@ from optuna.exceptions import ExperimentalWarning
 
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import (BUSY_TIMEOUT_S, is_postgres, missing_driver, prepare_sqlite, redact, sqlite_path,
-                            storage_url)
+                            sqlite_tables, storage_url)
 from vitsweep.sweep.locks import FileBudgetLock, PgBudgetLock
 from vitsweep.sweep.retry import POOL, RetryingRDBStorage, with_retries
 
@@ -59,9 +59,13 @@ def open_storage(url: str | None = None, *, create: bool = False, heartbeat_inte
     ``create``, a missing SQLite file is an error (reading commands must not create empty databases)."""
     url = storage_url(url)
     path = sqlite_path(url)
-    if path is not None and not create and not path.is_file():
-        raise VitsweepError(f"no sweep storage at {redact(url)} ({path} does not exist); "
-                            f"run a sweep first: vitsweep run sweeps/smoke.yaml")
+    if path is not None and not create:
+        if not path.is_file():
+            raise VitsweepError(f"no sweep storage at {redact(url)} ({path} does not exist); "
+                                f"run a sweep first: vitsweep run sweeps/smoke.yaml")
+        if "studies" not in (sqlite_tables(url) or set()):  # reading never adds tables to a file
+            raise VitsweepError(f"{url}: {path} holds no Optuna studies (it is not a sweep storage); "
+                                f"give the storage a sweep wrote (vitsweep run)")
     if create:
         prepare_sqlite(url)
     with experimental_ok():
@@ -116,6 +120,7 @@ def make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
 
 def _make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     if is_postgres(url):
+        check_reachable(url)
         # Optuna creates its tables on first use: workers starting together on a new database would
         # race (CREATE TYPE ... duplicate key), so they take turns under an advisory lock.
         with PgBudgetLock(url, "__optuna_schema__") as lock, lock.holding():
@@ -134,6 +139,23 @@ def _make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
                             lambda con, _record: con.execute("PRAGMA synchronous=NORMAL"))
     storage.engine.dispose()  # connections opened before the listener get it when reopened
     return storage
+
+
+def check_reachable(url: str, timeout_s: int = 5) -> None:
+    """One quick connection to a database server before anything else: a server that is down or a
+    wrong host/password is exit 2 in seconds (not a minute of retries, then a traceback). Retries
+    are for a server that goes away during a sweep."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args={"connect_timeout": timeout_s})
+    try:
+        with engine.connect():
+            pass
+    except sa_exc.DBAPIError as e:
+        detail = " ".join(str(e.orig).split())[:300]
+        raise VitsweepError(f"cannot connect to the database {redact(url)}: {redact(detail)}; start the server, or "
+                            f"check the host, port, database name and password in the URL") from None
+    finally:
+        engine.dispose()
 
 
 def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, direction: str) -> optuna.Study:

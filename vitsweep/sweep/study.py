@@ -112,6 +112,8 @@ def set_up(sweep: SweepConfig, storage: optuna.storages.BaseStorage, tracker: Tr
     with budget_lock(sweep.storage.url, sweep.study.name) as lock, lock.holding():
         study = create_or_load_study(sweep.study.name, storage, sweep.study.direction)
         record_sweep(study, sweep)
+        if study.metric_names is None:  # optuna-dashboard then says val_acc, not "Objective 0"
+            study.set_metric_names([sweep.study.metric])
         if study.direction.name.lower() != sweep.study.direction:
             raise VitsweepError(f"study {sweep.study.name!r} exists with direction {study.direction.name.lower()}")
         parent = tracker.parent_run(sweep.study.name, study.user_attrs.get(PARENT_ATTR),

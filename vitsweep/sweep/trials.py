@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from vitsweep.errors import VitsweepError
 from vitsweep.paths import redact
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import load_study
@@ -46,11 +47,19 @@ def budget(study: optuna.Study) -> tuple[int, int, int]:
     return finished, running, waiting
 
 
+def fmt_metric(value: float | None, metric: str) -> str:
+    """A metric as vitsweep shows it everywhere: accuracies (``*acc*``, in [0, 1]) in percent with
+    two decimals, anything else with four significant decimals; ``-`` when there is none."""
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return f"{value:.2%}" if "acc" in metric else f"{value:.4f}"
+
+
 def trial_line(t: FrozenTrial, metric: str, epochs: int) -> str:
-    value = "-" if t.value is None else f"{t.value:.4f}"
+    value = fmt_metric(t.value, metric)
     secs = t.duration.total_seconds() if t.duration else 0.0
     reason = t.user_attrs.get(REASON_ATTR, "")
-    line = (f"trial {t.number:>3}  {t.state.name:<8}  {metric} {value:>6}  "
+    line = (f"trial {t.number:>3}  {t.state.name:<8}  {metric} {value:>7}  "
             f"epochs {len(t.intermediate_values)}/{epochs}  {secs:6.1f}s  {describe_params(t.params)}")
     return line + (f"  ({reason})" if reason and t.state == TrialState.FAIL else "")
 
@@ -68,6 +77,14 @@ def duration_estimate(t: FrozenTrial, epochs: int, left: int, workers: int, time
     if timeout is not None and rest > timeout:
         line += f"; study.timeout starts no trial after {_minutes(timeout)}"
     return line
+
+
+def metric_of(study: optuna.Study) -> str:
+    """The study's metric name (set by vitsweep run; older studies: from the sweep they stored)."""
+    names = study.metric_names
+    if names:
+        return names[0]
+    return (study.user_attrs.get("vitsweep_sweep") or {}).get("study", {}).get("metric", "value")
 
 
 def _minutes(seconds: float) -> str:
@@ -103,17 +120,65 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return df
 
 
-def show_trials(study_name: str | None, storage: str, csv: Path | None) -> None:
-    """``vitsweep trials``: print the table (and write a CSV)."""
+def show_trials(study_name: str | None, storage: str, csv: Path | None, sort: str = "number",
+                top: int | None = None) -> None:
+    """``vitsweep trials``: print the table (and write a CSV), by trial number or best value first,
+    ``top`` rows at most. The metric is shown as everywhere else (accuracy in percent); a
+    conditional parameter a trial did not sample is blank."""
+    if sort not in ("number", "value"):
+        raise VitsweepError(f"--sort {sort}: choose number or value")
+    if top is not None and top < 1:
+        raise VitsweepError(f"--top {top}: must be >= 1")
+    if csv is not None and csv.is_dir():
+        raise VitsweepError(f"--csv {csv}: is a folder; give a file name (e.g. {csv / 'trials.csv'})")
     study = load_study(study_name, storage)
     df = trials_table(study)
-    print(f"study {study.study_name} ({redact(storage)}): {len(df)} trial(s)")
+    n = len(df)
+    if sort == "value" and n:
+        df = df.sort_values("value", ascending=study.direction == optuna.study.StudyDirection.MINIMIZE,
+                            na_position="last", kind="stable")
+    shown = df.head(top) if top is not None else df
+    metric = metric_of(study)
+    print(f"study {study.study_name} ({redact(storage)}): {n} trial(s)"
+          + (f", the {len(shown)} {'best' if sort == 'value' else 'first'} shown" if len(shown) < n else ""))
     if df.empty:
         return
+    view = shown.drop(columns=["mlflow_run_id"]).rename(columns={"value": metric})
+    view[metric] = [fmt_metric(v, metric) for v in shown["value"]]
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.4g}".format):
-        print(df.drop(columns=["mlflow_run_id"]).to_string())
+        print(view.to_string(na_rep=""))
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(csv)
         print(f"wrote {csv}")
+
+
+def studies_table(storage: str) -> pd.DataFrame:
+    """``vitsweep studies``: every study in the storage, with its trials by state, best value (as
+    vitsweep shows it) and last activity, the most recent first."""
+    from vitsweep.sweep.storage import open_storage
+
+    st = open_storage(storage)
+    rows = []
+    for s in optuna.get_all_study_summaries(st, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=st)
+        trials = study.get_trials(deepcopy=False)
+        metric = metric_of(study)
+        try:
+            best = fmt_metric(study.best_value, metric)
+        except (ValueError, RuntimeError):  # no completed trial (or a multi-objective study)
+            best = "-"
+        times = [t for tr in trials for t in (tr.datetime_complete, tr.datetime_start) if t is not None]
+        rows.append({"study": s.study_name, "trials": len(trials), "states": describe_counts(state_counts(trials)),
+                     "metric": metric, "best": best,
+                     "last_activity": max(times).strftime("%Y-%m-%d %H:%M") if times else "-"})
+    df = pd.DataFrame(rows, columns=["study", "trials", "states", "metric", "best", "last_activity"])
+    return df.sort_values("last_activity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def show_studies(storage: str) -> None:
+    df = studies_table(storage)
+    print(f"{redact(storage)}: {len(df)} stud{'y' if len(df) == 1 else 'ies'}")
+    if len(df):
+        print(df.to_string(index=False))

@@ -61,8 +61,10 @@ def download_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> Path:
         except Exception as e:
             raise VitsweepError(f"run {run_id} ({run.info.run_name or 'unnamed'}) in {redact(uri)} has no {CHECKPOINT_ARTIFACT} "
                                 f"artifact ({type(e).__name__}: {_first_line(e)}). "
-                                f"Only runs that trained a model log one (vitsweep logs it with log_checkpoint); "
-                                f"pick such a run, or give a checkpoint path") from None
+                                f"A sweep's trial runs keep no checkpoint (unless the sweep file sets "
+                                f"trials.keep_checkpoints: true); promoted runs do: run vitsweep promote "
+                                f"and evaluate one of its runs, or give a checkpoint path "
+                                f"(e.g. storage/runs/NAME/best.pt)") from None
 
 
 def log_report(path: Path, study_name: str, study_attrs: dict[str, Any], uri: str) -> tuple[str | None, str | None]:

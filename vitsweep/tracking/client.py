@@ -9,6 +9,7 @@ requests fail at once instead of retrying for minutes; on exit everything is as 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import urllib.error
@@ -20,9 +21,15 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import is_http, missing_driver, prepare_sqlite, redact
+from vitsweep.paths import is_http, missing_driver, prepare_sqlite, redact, sqlite_path
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
+EXPERIMENT_KIND, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
+
+
+def runs_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI page that lists an experiment's training runs."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
 @contextlib.contextmanager
@@ -45,10 +52,27 @@ def quiet(fail_fast: bool = False) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+@contextlib.contextmanager
+def _schema_lock(uri: str) -> Iterator[None]:
+    """Processes that open a new SQLite store together take turns: MLflow creates and migrates its
+    tables on first use, and two doing it at once fail ("migration expected to match one row")."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.__mlflow_schema__.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def open_client(uri: str) -> MlflowClient:
     """A client on the store at ``uri`` (a SQLite file gets WAL first), its tables ready."""
     prepare_sqlite(uri)
-    with quiet():
+    with quiet(), _schema_lock(uri):
         try:
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)  # creates a new SQLite store's tables here, quietly
@@ -67,6 +91,9 @@ def experiment_id(client: MlflowClient, uri: str, name: str, artifacts: str) -> 
     """The id of experiment ``name``, created (with its artifact location) if missing."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND) is None:
+            with contextlib.suppress(Exception):
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, ML_EXPERIMENT)
         return exp.experiment_id
     try:
         if "://" in artifacts:
@@ -75,7 +102,8 @@ def experiment_id(client: MlflowClient, uri: str, name: str, artifacts: str) -> 
             location = None  # a tracking server stores artifacts where its --artifacts-destination says
         else:
             location = Path(artifacts).resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        # MLflow 3's UI opens an experiment on GenAI traces unless told it holds training runs
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: ML_EXPERIMENT})
     except Exception:  # noqa: BLE001 - another worker created it first
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -104,3 +132,14 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         f"postgresql+psycopg2://USER:PASSWORD@HOST:5432/mlflow --artifacts-destination DIR "
         f"--host 0.0.0.0 --port 5000), or pass another --tracking-uri (sqlite:///storage/mlflow.db, "
         f"or none to turn tracking off)")
+
+
+def experiment_runs_urls(uri: str, server: str) -> list[str]:
+    """For ``vitsweep ui``: each experiment in the store at ``uri`` and the page of its runs on
+    ``server`` (an empty list when the store cannot be read)."""
+    try:
+        with quiet():
+            exps = MlflowClient(tracking_uri=uri).search_experiments()
+    except Exception:  # noqa: BLE001 - a bonus line; the server says what is wrong
+        return []
+    return [f"{e.name}: {runs_url(server, e.experiment_id)}" for e in exps if e.name != "Default"]

@@ -74,6 +74,7 @@ class Tracker:
         self.uri, self.experiment_name, self.enabled = uri, experiment, not tracking_off(uri)
         self.client: Any = None
         self.experiment_id: str | None = None
+        self._names: dict[str, str] = {}  # run id -> name, for the trials this process started
         self._bg: _Background | None = None
         if not self.enabled:
             return
@@ -99,12 +100,14 @@ class Tracker:
                                      tags={TAG_STUDY: study_name, TAG_KIND: KIND_SWEEP, **tags, **hardware_tags(None)})
         return run.info.run_id
 
-    def end_parent(self, run_id: str | None, status: str | None, metrics: dict[str, float]) -> None:
-        """Log the sweep's metrics; end the run with ``status`` (None: leave it RUNNING, as workers
-        on other hosts still run trials; the last one to finish ends it)."""
+    def end_parent(self, run_id: str | None, status: str | None, metrics: dict[str, float],
+                   tags: dict[str, str] | None = None) -> None:
+        """Log the sweep's metrics (and tags); end the run with ``status`` (None: leave it RUNNING,
+        as workers on other hosts still run trials; the last one to finish ends it)."""
         if not self.enabled or not run_id:
             return
-        self.client.log_batch(run_id, metrics=metrics_at(metrics))
+        self.client.log_batch(run_id, metrics=metrics_at(metrics),
+                              tags=[RunTag(k, v) for k, v in (tags or {}).items()])
         if status is not None:
             self.client.set_terminated(run_id, status=status)
 
@@ -121,6 +124,7 @@ class Tracker:
         if parent_id:
             tags[TAG_PARENT] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=f"{study_name}-trial-{number}", tags=tags)
+        self._names[run.info.run_id] = run.info.run_name
         flat = config.flat() if config is not None else {f"sampled.{k}": v for k, v in params.items()}
         for batch in params_of(flat):
             self._write(self.client.log_batch, run.info.run_id, params=batch)
@@ -153,6 +157,9 @@ class Tracker:
         if not self.enabled or not run_id:
             return
         tags = [RunTag(TAG_STATE, state), RunTag(TAG_REASON, reason[:4000] or state.lower())]
+        name = self._names.pop(run_id, None)
+        if state == "PRUNED" and name:  # MLflow shows a pruned run as "Killed", like a failure: say it in the name
+            tags.append(RunTag("mlflow.runName", f"{name} (pruned)"))
         metrics = metrics_at({**({f"best_{metric}": value} if value is not None else {}), **(extra or {})})
         try:
             try:

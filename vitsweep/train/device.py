@@ -29,7 +29,10 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise ConfigError(f"train.device = {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device = mps: MPS is not available here; use auto or cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
 
 
 def cpu_native(precision: str) -> bool:
