@@ -9,8 +9,9 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from mlflow import MlflowClient
@@ -120,9 +121,10 @@ def spawn_cli(*args: str, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def wait_for_first_report(study: str, url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until the study's first trial has reported an epoch (so its checkpoint exists), while
-    ``proc`` (the sweep) is still running."""
+def wait_for_trials(study: str, url: str, proc: subprocess.Popen, ready: Callable[[list], bool], what: str,
+                    timeout: float = 120) -> None:
+    """Wait until ``ready(trials)`` holds for the study's trials, while ``proc`` (the sweep) is
+    still running; fail saying ``what`` never happened."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         time.sleep(0.1)
@@ -130,10 +132,28 @@ def wait_for_first_report(study: str, url: str, proc: subprocess.Popen, timeout:
             trials = load_study(study, url).get_trials()
         except Exception:  # noqa: BLE001 - not created yet
             trials = []
-        if trials and trials[0].intermediate_values:
+        if ready(trials):
             return
         assert proc.poll() is None, proc.communicate()[0]
-    pytest.fail("the trial never reported")
+    pytest.fail(what)
+
+
+def wait_for_first_report(study: str, url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the study's first trial has reported an epoch (so its checkpoint exists)."""
+    wait_for_trials(study, url, proc, lambda ts: bool(ts and ts[0].intermediate_values),
+                    "the trial never reported", timeout)
+
+
+def wait_for_health(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until an MLflow server on 127.0.0.1:``port`` answers ``/health``, while ``proc`` runs."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                return
+        except OSError:
+            assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ""
+            time.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers import spawn_cli, spawn_sweep, sweep_dict, trainer_dict, wait_for_first_report
+from tests.helpers import spawn_cli, spawn_sweep, sweep_dict, trainer_dict, wait_for_first_report, wait_for_health
 from vitsweep.sweep.spec import build_sweep
 from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.study import sweep_of
@@ -343,14 +343,7 @@ def test_passwords_are_masked_and_never_on_a_command_line(tmp_path, database):
     port = _free_port()
     proc = spawn_cli("ui", "--tracking-uri", tracking, "--port", str(port), cwd=tmp_path)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                    break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None
-                time.sleep(0.5)
+        wait_for_health(port, proc)
         cmdlines = []
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:

@@ -14,7 +14,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers import PacedTrain, cli, mlflow_runs, spawn_cli, spawn_sweep, sweep_dict, wait_for_first_report
+from tests.helpers import (PacedTrain, cli, mlflow_runs, spawn_cli, spawn_sweep, sweep_dict, wait_for_first_report,
+                           wait_for_trials)
 from vitsweep.sweep.runner import run_sweep
 from vitsweep.sweep.spec import build_sweep
 from vitsweep.sweep.storage import load_study
@@ -273,23 +274,6 @@ def test_a_study_whose_trials_never_ran_takes_the_fixed_trainer_config(tmp_path,
     assert code == 2 and "different trainer config" in err
 
 
-def _running_with_reports(name: str, url: str, n: int, proc, timeout: float = 120) -> None:
-    """Wait until ``n`` trials are RUNNING and have reported an epoch."""
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(0.1)
-        try:
-            trials = load_study(name, url).get_trials()
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-        if sum(t.state == TrialState.RUNNING and bool(t.intermediate_values) for t in trials) >= n:
-            return
-        assert proc.poll() is None, proc.communicate()[0]
-    pytest.fail(f"{n} trials never ran at once")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, workers, code, reason", [
     (signal.SIGINT, 2, 130, "interrupted (Ctrl-C); re-queued"),   # a terminal's Ctrl-C: the whole group
@@ -305,7 +289,8 @@ def test_stopping_a_sweep_requeues_every_running_trial_exactly_once(sig, workers
     url = f"sqlite:///{tmp_path}/optuna.db"
     proc = spawn_sweep(path, tmp_path, epoch_s=0.1, workers=workers)
     try:
-        _running_with_reports("stop", url, workers, proc)
+        wait_for_trials("stop", url, proc, lambda ts: sum(t.state == TrialState.RUNNING and bool(t.intermediate_values)
+                                                         for t in ts) >= workers, f"{workers} trials never ran at once")
         if sig == signal.SIGINT:
             os.killpg(proc.pid, sig)  # what a terminal does: every process of the foreground group
         else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import sweep_dict
+from tests.helpers import sweep_dict, wait_for_health
 from vitsweep.sweep.runner import run_sweep
 from vitsweep.sweep.spec import build_sweep
 
@@ -97,14 +97,7 @@ def test_ui_under_sigterm_stops_the_mlflow_server_and_its_workers(stores):
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                    break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else ""
-                time.sleep(0.5)
+        wait_for_health(port, proc)
         os.kill(proc.pid, signal.SIGTERM)  # the main process only, as docker stop and systemd do
         out = proc.communicate(timeout=30)[0]
     finally:

@@ -54,7 +54,9 @@ def _out_of_memory(e: BaseException) -> bool:
 def _existing_ref(ref: str) -> bool:
     """A checkpoint that exists, or what looks like a run id: worth a "working on it" line (a
     missing file gets its error alone)."""
-    return Path(ref).exists() or ("/" not in ref and not ref.endswith(".pt"))
+    from vitsweep.models.inference import looks_like_path
+
+    return Path(ref).exists() or not looks_like_path(ref)
 
 
 def _folder(path: Optional[Path], option: str) -> None:
@@ -199,7 +201,7 @@ def bench(
     if _existing_ref(ref):
         typer.echo(f"benchmarking {ref} at batch sizes {', '.join(map(str, sizes))} (~{min_time:g} s of timed "
                    f"passes each, after warm-up)...", err=True)
-    print(format_summary(run_bench(ref, parse_batch_sizes(batch_sizes), device=device, out=out, min_time=min_time,
+    print(format_summary(run_bench(ref, sizes, device=device, out=out, min_time=min_time,
                                    threads=threads, tracking_uri=tracking_uri)))
 
 

@@ -49,7 +49,8 @@ class Loaded:
                 "config": self.config.to_dict()}
 
 
-def _looks_like_path(ref: str) -> bool:
+def looks_like_path(ref: str) -> bool:
+    """Whether a model reference reads as a file path (else it may be an MLflow run id)."""
     return os.sep in ref or "/" in ref or ref.endswith((".pt", ".pth")) or ref.startswith(".")
 
 
@@ -70,7 +71,7 @@ def resolve_checkpoint(ref: str | Path, tracking_uri: str | None = None, dst: st
                                 f"(e.g. storage/runs/NAME/best.pt) or an MLflow run id")
         return p
     run_id = text[len("runs:/"):].split("/")[0] if text.startswith("runs:/") else text
-    if not text.startswith("runs:/") and (isinstance(ref, Path) or _looks_like_path(text) or not run_id.replace("-", "").isalnum()):
+    if not text.startswith("runs:/") and (isinstance(ref, Path) or looks_like_path(text) or not run_id.replace("-", "").isalnum()):
         raise VitsweepError(f"checkpoint {text}: no such file. Give the path of a best.pt (e.g. "
                             f"storage/runs/NAME/best.pt, written by vitsweep train) or an MLflow run id")
     # lazy: MLflow takes about a second to import, and only a run id needs it

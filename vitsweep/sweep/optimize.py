@@ -49,19 +49,17 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
     deadline = None if sweep.study.timeout is None else time.monotonic() + sweep.study.timeout
 
     estimated = index != 0
-    started = time.monotonic()
     mine: list[float] = []  # this worker's trial times, for the ETA
 
     def progress(study_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         nonlocal estimated
-        finished, running, waiting = budget(study_)
+        finished, running, _ = budget(study_)
         if t.duration:
             mine.append(t.duration.total_seconds())
         out(tag + trial_line(t, sweep.study.metric, sweep.epochs)
             + status_tail(study_, sweep, finished, running, mine, workers))
         if not estimated and t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             estimated = True
-            finished, running, waiting = budget(study_)
             left = max(0, sweep.study.n_trials - finished)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             line = duration_estimate(t, sweep.epochs, left, workers, timeout)

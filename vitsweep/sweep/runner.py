@@ -30,6 +30,7 @@ from vitsweep.sweep.storage import open_storage
 from vitsweep.sweep.study import set_up, sweep_tracker
 from vitsweep.sweep.trials import budget, describe_counts, fmt_metric, metric_of, state_counts
 from vitsweep.tracking.client import check_tracking_server, runs_url
+from vitsweep.tracking.tags import TAG_STOP
 from vitsweep.train.data import load_data
 from vitsweep.train.loop import train
 
@@ -69,7 +70,7 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     if workers > max(1, left):  # a worker per trial left at most: more would only start and stop
         out(f"--workers {workers}: {left} trial(s) left to run, so {max(1, left)} worker(s)")
         workers = max(1, left)
-    out(f"study {sweep.study.name} ({redact(sweep.storage.url)}): {budget(study)[0]}/{sweep.study.n_trials} trials done; "
+    out(f"study {sweep.study.name} ({redact(sweep.storage.url)}): {finished}/{sweep.study.n_trials} trials done; "
         f"{sweep.sampler.name} sampler, {sweep.pruner.name} pruner, {sweep.epochs} epochs per trial, "
         f"{workers} worker(s)" + (f"; MLflow {redact(sweep.tracking.uri)} experiment {tracker.experiment_name}"
                                   if tracker.enabled else ""))
@@ -86,9 +87,13 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
             _fan_out(sweep, placements, parent, out, train_fn)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trials are re-queued; end the parent run
         stop = e
+    runs_page = None
+    if tracker.enabled and tracker.experiment_id:
+        runs_page = (runs_url(redact(sweep.tracking.uri), tracker.experiment_id) if is_http(sweep.tracking.uri) else
+                     f"vitsweep ui, then {runs_url('http://127.0.0.1:5000', tracker.experiment_id)}")
     with signals.shielded() if stop else contextlib.nullcontext():
         final = optuna.load_study(study_name=sweep.study.name, storage=storage)
-        summary = summarize(final, parent, time.perf_counter() - t0, stop is not None)
+        summary = summarize(final, parent, time.perf_counter() - t0, stop is not None, runs_page)
         metric = sweep.study.metric
         finished, running, waiting = budget(final)
         others = running > 0 or (waiting > 0 and finished < sweep.study.n_trials)  # workers elsewhere go on
@@ -99,11 +104,7 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
         tracker.end_parent(parent, "KILLED" if stop else None if others else "FINISHED",
                            {**{f"trials_{k.lower()}": v for k, v in summary.counts.items()},
                             **({f"best_{metric}": summary.best_value} if summary.best_value is not None else {})},
-                           tags={"vitsweep.stop_reason": why} if why else None)
-    if tracker.enabled and tracker.experiment_id and parent:
-        where = (runs_url(redact(sweep.tracking.uri), tracker.experiment_id) if is_http(sweep.tracking.uri) else
-                 f"vitsweep ui, then {runs_url('http://127.0.0.1:5000', tracker.experiment_id)}")
-        summary.lines[-1] = f"MLflow parent run: {parent}; runs: {where}"
+                           tags={TAG_STOP: why} if why else None)
     for line in summary.lines:
         out(line)
     if stop is not None:
@@ -140,7 +141,8 @@ def _fan_out(sweep: SweepConfig, placements: list[placement.Placement], parent: 
         out(f"warning: {len(bad)} worker(s) exited with code(s) {bad}")
 
 
-def summarize(study: optuna.Study, parent: str | None, wall: float, interrupted: bool = False) -> SweepSummary:
+def summarize(study: optuna.Study, parent: str | None, wall: float, interrupted: bool = False,
+              runs_page: str | None = None) -> SweepSummary:
     trials = study.get_trials(deepcopy=False)
     counts = state_counts(trials)
     try:
@@ -153,6 +155,7 @@ def summarize(study: optuna.Study, parent: str | None, wall: float, interrupted:
         metric = metric_of(study)
         lines.append(f"best: trial {best.number}, {metric} {fmt_metric(best.value, metric)}, {describe_params(best.params)}")
     if parent:
-        lines.append(f"MLflow parent run: {parent}  (vitsweep ui)")
+        lines.append(f"MLflow parent run: {parent}; runs: {runs_page}" if runs_page else
+                     f"MLflow parent run: {parent}  (vitsweep ui)")
     return SweepSummary(study.study_name, counts, best.number if best else None, best.value if best else None,
                         dict(best.params) if best else {}, parent, wall, interrupted, lines)
