@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -142,6 +143,19 @@ def wait_for_first_report(study: str, url: str, proc: subprocess.Popen, timeout:
     """Wait until the study's first trial has reported an epoch (so its checkpoint exists)."""
     wait_for_trials(study, url, proc, lambda ts: bool(ts and ts[0].intermediate_values),
                     "the trial never reported", timeout)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+
+
+def chromium(url: str, profile: Path, *args: str, budget_ms: int = 10000) -> str:
+    """Headless Chromium on ``url`` (a fresh profile in ``profile``), after ``budget_ms`` of virtual
+    time for its scripts; with no ``args``, the rendered DOM."""
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             f"--virtual-time-budget={budget_ms}", f"--user-data-dir={profile}"]
+    return subprocess.run([*flags, *(args or ("--dump-dom",)), url], check=True, capture_output=True, text=True,
+                          timeout=180).stdout
 
 
 def wait_for_health(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -95,6 +95,22 @@ def test_selection_ties_duplicates_pruned_and_failed():
         select_trials(study, 4)
 
 
+def test_a_long_selection_is_a_few_terminal_lines_and_whole_in_the_note():
+    C, P = TrialState.COMPLETE, TrialState.PRUNED
+    make_study("long", [(C, 0.2 + i / 100, adamw(1e-4 * (i + 1))) for i in range(30)]  # 0-29: 29 best
+               + [(P, 0.1, adamw(5e-3 + i * 1e-4)) for i in range(10)])  # 30-39 pruned
+    sel = select_trials(load_study("long", STORAGE), 2)
+    term = sel.terminal_lines()
+    assert term[0].startswith("selection from study long") and term[1].startswith("picked trial 29")
+    assert term[2].startswith("picked trial 28")
+    assert "skipped 10 pruned trial(s): 30, 31, 32, 33, 34, 35, 36, 37, 38, 39" in term
+    assert [line.split(" (")[0] for line in term if line.startswith("not picked: trial")] == \
+        ["not picked: trial 27", "not picked: trial 26", "not picked: trial 25"]
+    assert term[-1] == "not picked: 25 more trial(s) ranked lower (all listed in the promotion run's MLflow note)"
+    assert len(term) == 8
+    assert sum(line.startswith("not picked: trial") for line in sel.lines) == 28  # the note has every trial
+
+
 def test_ties_broken_by_trial_number():
     C = TrialState.COMPLETE
     make_study("ties", [(C, 0.5, adamw(3e-3)), (C, 0.5, adamw(1e-3)), (C, 0.5, adamw(2e-3))])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import optuna
@@ -17,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
-from tests.helpers import sweep_dict
+from tests.helpers import chromium, needs_chromium, sweep_dict
 from vitsweep.cli import app
 from vitsweep.promote.results import RunRecord
 from vitsweep.report.compute import compute_spent
@@ -158,20 +157,14 @@ def test_unknown_study_and_empty_storage_exit_2(tmp_path):
     assert result.exit_code == 2 and "study e" in result.output and "has no trials yet" in result.output
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(report):
     root, _, _, res, _ = report
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--hide-scrollbars", "--virtual-time-budget=10000", f"--user-data-dir={root / 'chrome'}"]
     url = res.path.resolve().as_uri()
     shot = root / "report.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,4000", url], check=True,
-                   capture_output=True, timeout=180)
+    chromium(url, root / "chrome", f"--screenshot={shot}", "--window-size=1400,4000")
     assert shot.is_file() and shot.stat().st_size > 50_000
-    dom = subprocess.run([*flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=180).stdout
+    dom = chromium(url, root / "chrome")
     rendered = {m.group(1): m.group(2) for m in re.finditer(
         r'<div class="figure" data-section="(\w+)">(.*?)(?=<div class="figure" data-section=|</body>)', dom, re.S)}
     assert sorted(rendered) == sorted(FIGURES)

@@ -4,6 +4,7 @@ and the agreement between Optuna's storage, ``vitsweep trials`` and MLflow."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 from pathlib import Path
@@ -474,8 +475,20 @@ def test_the_mlflow_ui_opens_on_training_runs_and_pruned_runs_say_so(swept):
     for number, run in runs.items():
         assert run.info.run_name.endswith(" (pruned)") == (number in pruned), run.info.run_name
         assert run.data.tags["vitsweep.trial_state"] in ("COMPLETE", "PRUNED")
-    assert any(f"runs: vitsweep ui, then http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in line
-               for line in lines)
+    assert any(f"runs: vitsweep ui, then http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
+               f"?viewStateShareKey=vitsweep" in line for line in lines)
+
+
+def test_the_runs_table_has_a_saved_view_with_the_metric_the_trial_state_and_the_searched_params(swept):
+    root, summary, _ = swept
+    exp = MlflowClient(f"sqlite:///{root}/mlflow.db").get_experiment_by_name("s")
+    view = json.loads(exp.tags["mlflow.sharedViewState.vitsweep"])  # the UI's saved-view envelope
+    assert view["name"] == "vitsweep: trials" and isinstance(view["createdAt"], int)
+    state = json.loads(view["state"])
+    assert state["selectedColumns"] == ["metrics.`val_acc`", "tags.`vitsweep.trial_state`", "params.`optimizer.name`",
+                                        "params.`optimizer.lr`", "params.`optimizer.betas`"]
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_acc`", False)  # best first
+    assert state["runsExpanded"] == {summary.parent_run_id: True}  # the trials show under the sweep's run
 
 
 def test_each_trial_line_says_how_far_the_sweep_is_the_best_so_far_and_an_eta(swept):

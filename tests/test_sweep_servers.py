@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import sweep_dict, wait_for_health
+from tests.helpers import chromium, needs_chromium, sweep_dict, wait_for_health
 from vitsweep.sweep.runner import run_sweep
 from vitsweep.sweep.spec import build_sweep
 
@@ -72,6 +72,28 @@ def test_ui_serves_the_experiment_and_trial_runs(stores):
     runs = body["runs"]
     kinds = sorted(next(t["value"] for t in r["data"]["tags"] if t["key"] == "vitsweep.kind") for r in runs)
     assert kinds == ["sweep", "trial", "trial"]
+
+
+@needs_chromium
+def test_ui_opens_the_runs_table_on_the_metric_the_trial_state_and_the_searched_params(stores, tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vitsweep", "ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        printed = [proc.stdout.readline() for _ in range(2)]  # the header, then the experiment's runs page
+        wait_for_health(port, proc)
+        url = printed[1].split(": ", 1)[1].strip()
+        assert printed[1].startswith("  runs of srv: ") and url.endswith("/runs?viewStateShareKey=vitsweep"), printed
+        in_view = chromium(url, tmp_path / "a", "--window-size=4000,1200", "--dump-dom", budget_ms=30000)
+        default = chromium(url.split("?")[0], tmp_path / "b", "--window-size=4000,1200", "--dump-dom", budget_ms=30000)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)
+    for column in ("val_acc", "vitsweep.trial_state", "optimizer.lr"):  # column headers of the runs table
+        assert column in in_view, column
+        assert column not in default, column  # MLflow's own default columns: Source, Models, Dataset
+    assert "srv-trial-0" in in_view and "COMPLETE" in in_view  # the trials, unfolded under the sweep's run
 
 
 @pytest.mark.parametrize("command, store", [("ui", "--tracking-uri"), ("dashboard", "--storage")])

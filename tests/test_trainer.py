@@ -54,15 +54,21 @@ def test_each_optimizer_learns_the_synthetic_classes(name):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_reduced_precision_on_a_cpu_without_it_warns_and_runs_fp32(precision, monkeypatch):
+def test_reduced_precision_on_a_cpu_without_it_warns_once_and_runs_fp32(precision, monkeypatch, recwarn):
     monkeypatch.setattr(device_mod, "cpu_native", lambda p: p == "fp32")
+    monkeypatch.setattr(device_mod, "_WARNED", set())
     with pytest.warns(VitsweepWarning, match=f"train.precision = {precision} on a CPU without native {precision}"):
         result = train(tiny_config(**{f"train.precision": precision, "train.epochs": 1}))
     assert result.precision == "fp32"
+    recwarn.clear()
+    # a sweep's next trials in this process: the same choice, said once (not once per trial)
+    assert device_mod.effective_precision(precision, torch.device("cpu")) == "fp32"
+    assert not [w for w in recwarn if w.category is VitsweepWarning]
 
 
 def test_fp16_on_a_cpu_with_native_bf16_suggests_bf16(monkeypatch):
     monkeypatch.setattr(device_mod, "cpu_native", lambda p: p in ("fp32", "bf16"))
+    monkeypatch.setattr(device_mod, "_WARNED", set())
     with pytest.warns(VitsweepWarning, match="this CPU has native bf16: use train.precision=bf16"):
         assert device_mod.effective_precision("fp16", torch.device("cpu")) == "fp32"
 

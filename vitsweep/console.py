@@ -30,25 +30,34 @@ def describe(cfg: Config) -> str:
             f"· data {cfg.data.source}:{cfg.data.root if cfg.data.source != 'synthetic' else 'generated'}")
 
 
-def epoch_line(epochs: int, prefix: str = "", every: int = 1) -> Callable[[int, dict[str, float]], None]:
+def epoch_line(epochs: int, prefix: str = "", every: int = 1,
+               time_limit: float | None = None) -> Callable[[int, dict[str, float]], None]:
     """An ``on_epoch`` callback printing: epoch, train loss, val loss/acc, lr, images/s, time.
     With ``every`` > 1 (long promoted runs): the first epoch, every ``every``-th and the last only,
-    each with the best so far and an ETA for the rest of the run."""
+    each with the best so far and an ETA for the rest of the run (``time_limit`` seconds of
+    training at most)."""
     width = len(str(epochs))
     best = {"acc": -1.0, "epoch": 0}
     times: list[float] = []
+    last_shown = [0.0]  # the elapsed seconds at the last line shown
 
     def show(epoch: int, m: dict[str, float]) -> None:
         times.append(m["epoch_time"])
         if m["val_acc"] > best["acc"]:
             best.update(acc=m["val_acc"], epoch=epoch)
-        if every > 1 and not (epoch == 1 or epoch % every == 0 or epoch == epochs):
+        if time_limit is not None and every > 1:  # a budget in seconds: a line per ~5% of it
+            if epoch > 1 and m["elapsed"] < last_shown[0] + time_limit / 20 and epoch != epochs:
+                return
+            last_shown[0] = m["elapsed"]
+        elif every > 1 and not (epoch == 1 or epoch % every == 0 or epoch == epochs):
             return
         line = (f"{prefix}epoch {epoch:>{width}}/{epochs}  train_loss {m['train_loss']:.4f}  "
                 f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:6.2%}  lr {m['lr']:.2e}  "
                 f"{m['images_per_sec']:,.0f} img/s  {m['epoch_time']:.1f}s")
         if every > 1:
             left = sum(times) / len(times) * (epochs - epoch)
+            if time_limit is not None:
+                left = min(left, max(0.0, time_limit - m["elapsed"]))
             line += f"  | best {best['acc']:.2%} (epoch {best['epoch']})" + (
                 f", at most ~{left / 60:.0f} min left" if epoch < epochs else "")
         print(line, flush=True)

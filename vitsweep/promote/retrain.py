@@ -129,11 +129,11 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
         raise VitsweepError(f"--epochs {epochs} is the trials' own length: promotion would train the same runs "
                             f"again; retrain longer (e.g. --epochs {epochs * 10}), or change the runs with --set "
                             f"(e.g. --set data.train_limit=null after a sweep on a subset)")
-    for c in sel.picked:  # a bad --set fails here, before any folder or MLflow run exists
-        promoted_config(c, epochs, 0, patience, min_delta, overrides)
+    # a bad --set fails here, before any folder or MLflow run exists
+    limits = {promoted_config(c, epochs, 0, patience, min_delta, overrides).train.time_limit for c in sel.picked}
     uri = resolve_tracking(tracking_uri)
     check_tracking_server(uri)  # a tracking server that is down: exit 2 now, not a hang in the first run
-    for line in sel.lines:
+    for line in sel.terminal_lines():
         out(line)
     root = Path(out_dir) / sel.study
     root.mkdir(parents=True, exist_ok=True)
@@ -146,8 +146,10 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
                          "vitsweep.picked_trials": ",".join(str(c.number) for c in sel.picked),
                          "mlflow.note.content": "\n".join(sel.lines)})
         plan = _Plan(sel, epochs, seeds, patience, min_delta, root, ml, out, on_epoch, overrides)
+        limit = max(limits - {None}, default=None)
         out(f"promoting {len(sel.picked)} config(s) x {seeds} seed(s) = {len(sel.picked) * seeds} run(s), up to "
-            f"{epochs} epochs each" + (f", patience {patience}" if patience is not None else "")
+            f"{epochs} epochs" + (f" or {limit:.0f} s of training" if limit else "") + " each"
+            + (f", patience {patience}" if patience is not None else "")
             + f"; run folders in {root}" + (f"; MLflow {redact(uri)} run {ml.parent}" if ml.enabled else ""))
         records, trained, skipped, board, files = _run_all(plan)
         out("")
@@ -237,7 +239,8 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
 
     p.out(f"{prefix}{'resuming' if (run_dir / 'last.pt').is_file() else 'training'} {c.describe} in {run_dir}")
     p.ml.set_running(run_id)
-    show = console.epoch_line(p.epochs, prefix, every=max(1, p.epochs // 20))  # ~20 lines a run, not 200
+    show = console.epoch_line(p.epochs, prefix, every=max(1, p.epochs // 20),  # ~20 lines a run, not 200
+                              time_limit=cfg.train.time_limit)
 
     def on_epoch(epoch: int, m: dict[str, float]) -> None:
         p.ml.log_epoch(run_id, epoch, m)

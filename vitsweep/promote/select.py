@@ -53,7 +53,21 @@ class Selection:
     metric: str
     direction: str
     picked: list[Candidate]
-    lines: list[str]
+    lines: list[str]  # every trial's line: the promotion run's MLflow note keeps them all
+
+    def terminal_lines(self, shown: int = 3) -> list[str]:
+        """:attr:`lines` for a terminal: pruned trials in one line, the first ``shown`` trials
+        ranked below --top, then how many more (a 400-trial study is not 400 lines)."""
+        pruned = [line.split()[2].rstrip(":") for line in self.lines if line.startswith("skipped trial ") and ": pruned" in line]
+        below = [line for line in self.lines if line.startswith("not picked: ")]
+        out = [line for line in self.lines if line not in below and not (line.startswith("skipped trial ") and ": pruned" in line)]
+        if pruned:
+            out.append(f"skipped {len(pruned)} pruned trial(s): {', '.join(pruned)}")
+        out += below[:shown]
+        if len(below) > shown:
+            out.append(f"not picked: {len(below) - shown} more trial(s) ranked lower (all listed in the promotion "
+                       f"run's MLflow note)")
+        return out
 
 
 def select_trials(study: optuna.Study, top: int) -> Selection:

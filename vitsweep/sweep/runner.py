@@ -89,8 +89,8 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
         stop = e
     runs_page = None
     if tracker.enabled and tracker.experiment_id:
-        runs_page = (runs_url(redact(sweep.tracking.uri), tracker.experiment_id) if is_http(sweep.tracking.uri) else
-                     f"vitsweep ui, then {runs_url('http://127.0.0.1:5000', tracker.experiment_id)}")
+        runs_page = (runs_url(redact(sweep.tracking.uri), tracker.experiment_id, view=True) if is_http(sweep.tracking.uri) else
+                     f"vitsweep ui, then {runs_url('http://127.0.0.1:5000', tracker.experiment_id, view=True)}")
     with signals.shielded() if stop else contextlib.nullcontext():
         final = optuna.load_study(study_name=sweep.study.name, storage=storage)
         summary = summarize(final, parent, time.perf_counter() - t0, stop is not None, runs_page)

@@ -113,7 +113,8 @@ def set_up(sweep: SweepConfig, storage: optuna.storages.BaseStorage, tracker: Tr
         study = create_or_load_study(sweep.study.name, storage, sweep.study.direction)
         record_sweep(study, sweep)
         if study.metric_names is None:  # optuna-dashboard then says val_acc, not "Objective 0"
-            study.set_metric_names([sweep.study.metric])
+            with experimental_ok():
+                study.set_metric_names([sweep.study.metric])
         if study.direction.name.lower() != sweep.study.direction:
             raise VitsweepError(f"study {sweep.study.name!r} exists with direction {study.direction.name.lower()}")
         parent = tracker.parent_run(sweep.study.name, study.user_attrs.get(PARENT_ATTR),
@@ -121,4 +122,5 @@ def set_up(sweep: SweepConfig, storage: optuna.storages.BaseStorage, tracker: Tr
                                      "vitsweep.n_trials": str(sweep.study.n_trials)})
         if parent and parent != study.user_attrs.get(PARENT_ATTR):
             study.set_user_attr(PARENT_ATTR, parent)
+        tracker.set_runs_view(parent, sweep.study.metric, [p.key for p in sweep.space])
     return study, parent

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
+import time
 import os
 import urllib.error
 import urllib.request
@@ -22,14 +24,33 @@ from mlflow.exceptions import MlflowException
 
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import is_http, missing_driver, prepare_sqlite, redact, sqlite_path
+from vitsweep.tracking.tags import TAG_STATE
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
 EXPERIMENT_KIND, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
+# The MLflow UI (3.15+) keeps an experiment's saved runs-table views in experiment tags
+# "mlflow.sharedViewState.<id>" and opens one with "?viewStateShareKey=<id>"; vitsweep adds its own.
+VIEW_TAG_PREFIX, VIEW_ID, VIEW_PARAM = "mlflow.sharedViewState.", "vitsweep", "viewStateShareKey"
 
 
-def runs_url(server: str, experiment_id: str) -> str:
-    """The MLflow UI page that lists an experiment's training runs."""
-    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs"
+def runs_url(server: str, experiment_id: str, view: bool = False) -> str:
+    """The MLflow UI page that lists an experiment's training runs; with ``view``, in the columns
+    of vitsweep's saved view (see :func:`runs_view`)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs" + (f"?{VIEW_PARAM}={VIEW_ID}" if view else "")
+
+
+def runs_view(metric: str, params: list[str], expanded: list[str]) -> str:
+    """The experiment tag value of vitsweep's saved runs-table view ("vitsweep: trials" in the UI's
+    Views menu): the objective metric, the trial state (COMPLETE / PRUNED / FAIL, so a pruned trial
+    does not read as a failure) and the searched params as columns, best first, the sweeps'
+    parent runs (``expanded``) unfolded to show their trials."""
+    col = lambda kind, key: f"{kind}.`{key}`"  # noqa: E731 - the UI's column ids
+    state = {"selectedColumns": [col("metrics", metric), col("tags", TAG_STATE),
+                                 *(col("params", p) for p in dict.fromkeys(params))],
+             "orderByKey": col("metrics", metric), "orderByAsc": False,
+             "runsExpanded": {run_id: True for run_id in expanded}}
+    now = int(time.time() * 1000)
+    return json.dumps({"name": "vitsweep: trials", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
 
 
 @contextlib.contextmanager
@@ -142,4 +163,5 @@ def experiment_runs_urls(uri: str, server: str) -> list[str]:
             exps = MlflowClient(tracking_uri=uri).search_experiments()
     except Exception:  # noqa: BLE001 - a bonus line; the server says what is wrong
         return []
-    return [f"{e.name}: {runs_url(server, e.experiment_id)}" for e in exps if e.name != "Default"]
+    return [f"{e.name}: {runs_url(server, e.experiment_id, VIEW_TAG_PREFIX + VIEW_ID in e.tags)}"
+            for e in exps if e.name != "Default"]

@@ -18,7 +18,7 @@ from mlflow.entities import Metric, Param as MParam, RunTag
 
 from vitsweep.train.config import Config
 from vitsweep.paths import tracking_off
-from vitsweep.tracking.client import experiment_id, open_client
+from vitsweep.tracking.client import VIEW_ID, VIEW_TAG_PREFIX, experiment_id, open_client, runs_view
 from vitsweep.tracking.tags import (KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_PARENT, TAG_REASON,
                                     TAG_STATE, TAG_STUDY, TAG_TRIAL, hardware_tags)
 
@@ -99,6 +99,14 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=study_name,
                                      tags={TAG_STUDY: study_name, TAG_KIND: KIND_SWEEP, **tags, **hardware_tags(None)})
         return run.info.run_id
+
+    def set_runs_view(self, parent_id: str | None, metric: str, params: list[str]) -> None:
+        """Save the experiment's "vitsweep: trials" view of the runs table (:func:`runs_view`), with
+        this sweep's parent run unfolded; the UI opens it from the Views menu or ``runs_url(view=True)``."""
+        if not self.enabled:
+            return
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG_PREFIX + VIEW_ID,
+                                       runs_view(metric, params, [parent_id] if parent_id else []))
 
     def end_parent(self, run_id: str | None, status: str | None, metrics: dict[str, float],
                    tags: dict[str, str] | None = None) -> None:

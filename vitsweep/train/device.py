@@ -48,6 +48,9 @@ def cpu_native(precision: str) -> bool:
         return False
 
 
+_WARNED: set[str] = set()  # the precisions effective_precision has warned about in this process
+
+
 def effective_precision(precision: str, device: torch.device) -> str:
     """What a run asked to train in ``precision`` on ``device`` really trains in.
 
@@ -65,6 +68,9 @@ def effective_precision(precision: str, device: torch.device) -> str:
         return "fp32"
     if precision == "fp32" or device.type != "cpu" or cpu_native(precision):
         return precision
+    if precision in _WARNED:  # once per process: a sweep's every bf16 trial would repeat it
+        return "fp32"
+    _WARNED.add(precision)
     hint = " (this CPU has native bf16: use train.precision=bf16)" if cpu_native("bf16") else ""
     warnings.warn(
         f"train.precision = {precision} on a CPU without native {precision}: autocast there is several times "
