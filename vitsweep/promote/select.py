@@ -58,9 +58,14 @@ class Selection:
     def terminal_lines(self, shown: int = 3) -> list[str]:
         """:attr:`lines` for a terminal: pruned trials in one line, the first ``shown`` trials
         ranked below --top, then how many more (a 400-trial study is not 400 lines)."""
-        pruned = [line.split()[2].rstrip(":") for line in self.lines if line.startswith("skipped trial ") and ": pruned" in line]
-        below = [line for line in self.lines if line.startswith("not picked: ")]
-        out = [line for line in self.lines if line not in below and not (line.startswith("skipped trial ") and ": pruned" in line)]
+        pruned, below, out = [], [], []
+        for line in self.lines:
+            if line.startswith("skipped trial ") and ": pruned" in line:
+                pruned.append(line.split()[2].rstrip(":"))
+            elif line.startswith("not picked: "):
+                below.append(line)
+            else:
+                out.append(line)
         if pruned:
             out.append(f"skipped {len(pruned)} pruned trial(s): {', '.join(pruned)}")
         out += below[:shown]

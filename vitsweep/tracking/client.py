@@ -12,8 +12,8 @@ import contextlib
 import fcntl
 import json
 import logging
-import time
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,7 +30,8 @@ _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
 EXPERIMENT_KIND, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
 # The MLflow UI (3.15+) keeps an experiment's saved runs-table views in experiment tags
 # "mlflow.sharedViewState.<id>" and opens one with "?viewStateShareKey=<id>"; vitsweep adds its own.
-VIEW_TAG_PREFIX, VIEW_ID, VIEW_PARAM = "mlflow.sharedViewState.", "vitsweep", "viewStateShareKey"
+VIEW_ID, VIEW_PARAM = "vitsweep", "viewStateShareKey"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
 
 
 def runs_url(server: str, experiment_id: str, view: bool = False) -> str:
@@ -163,5 +164,5 @@ def experiment_runs_urls(uri: str, server: str) -> list[str]:
             exps = MlflowClient(tracking_uri=uri).search_experiments()
     except Exception:  # noqa: BLE001 - a bonus line; the server says what is wrong
         return []
-    return [f"{e.name}: {runs_url(server, e.experiment_id, VIEW_TAG_PREFIX + VIEW_ID in e.tags)}"
+    return [f"{e.name}: {runs_url(server, e.experiment_id, VIEW_TAG in e.tags)}"
             for e in exps if e.name != "Default"]

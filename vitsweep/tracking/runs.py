@@ -18,7 +18,7 @@ from mlflow.entities import Metric, Param as MParam, RunTag
 
 from vitsweep.train.config import Config
 from vitsweep.paths import tracking_off
-from vitsweep.tracking.client import VIEW_ID, VIEW_TAG_PREFIX, experiment_id, open_client, runs_view
+from vitsweep.tracking.client import VIEW_TAG, experiment_id, open_client, runs_view
 from vitsweep.tracking.tags import (KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_PARENT, TAG_REASON,
                                     TAG_STATE, TAG_STUDY, TAG_TRIAL, hardware_tags)
 
@@ -105,8 +105,8 @@ class Tracker:
         this sweep's parent run unfolded; the UI opens it from the Views menu or ``runs_url(view=True)``."""
         if not self.enabled:
             return
-        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG_PREFIX + VIEW_ID,
-                                       runs_view(metric, params, [parent_id] if parent_id else []))
+        expanded = [parent_id] if parent_id else []
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, runs_view(metric, params, expanded))
 
     def end_parent(self, run_id: str | None, status: str | None, metrics: dict[str, float],
                    tags: dict[str, str] | None = None) -> None:
