@@ -392,3 +392,26 @@ def test_a_long_promoted_run_prints_about_twenty_epoch_lines_with_best_and_time_
     assert 20 <= len(lines) <= 22
     assert lines[0].startswith("[1/3] epoch   1/200") and lines[-1].startswith("[1/3] epoch 200/200")
     assert "best 50.00% (epoch 50)" in lines[-1] and "min left" in lines[1] and "left" not in lines[-1]
+
+
+def test_on_a_terminal_the_epochs_between_printed_lines_show_on_a_live_line(capsys):
+    import io
+
+    from vitsweep import console
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    live = console.LiveLine(Terminal())
+    show = console.epoch_line(40, "[1/3] ", every=2, live=live)
+    for e in range(1, 6):
+        show(e, {"train_loss": 1.0, "val_loss": 1.0, "val_acc": e / 100, "lr": 1e-3, "images_per_sec": 100.0,
+                 "epoch_time": 6.0})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split("/40")[0] for line in printed] == ["[1/3] epoch  1", "[1/3] epoch  2", "[1/3] epoch  4"]
+    shown = [s for s in live.stream.getvalue().split("\r\x1b[2K") if s]
+    assert [s.split("/40")[0] for s in shown] == ["[1/3] epoch 3", "[1/3] epoch 5"]
+    assert "val_acc 5.00%" in shown[-1] and "best 5.00% (epoch 5)" in shown[-1] and "min left" in shown[-1]
+    live.clear()
+    assert live.stream.getvalue().endswith("\r\x1b[2K") and console.LiveLine.active is None

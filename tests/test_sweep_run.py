@@ -4,9 +4,11 @@ and the agreement between Optuna's storage, ``vitsweep trials`` and MLflow."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import optuna
@@ -498,3 +500,29 @@ def test_each_trial_line_says_how_far_the_sweep_is_the_best_so_far_and_an_eta(sw
     assert all("best val_acc " in line and " running" in line for line in trial_lines)
     assert all("ETA ~" in line for line in trial_lines[:-1]) and "ETA" not in trial_lines[-1]
     assert f"best val_acc {summary.best_value:.2%}" in trial_lines[-1]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_on_a_terminal_a_live_line_shows_the_running_trials_epoch_and_plain_output_has_none(terminal, tmp_path,
+                                                                                             monkeypatch):
+    stderr = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    lines: list[str] = []
+    sweep = sweep_dict(tmp_path, n_trials=2, pruner={"name": "none"}, tracking={"uri": "none"})
+    run_sweep(build_sweep(sweep), out=lines.append)
+    shown = [s for s in stderr.getvalue().split("\r\x1b[2K") if s.strip()]
+    if not terminal:
+        assert "\x1b[2K" not in stderr.getvalue()
+        return
+    # One status per epoch: the trial, its epoch and metric, then how far the sweep is.
+    statuses = [s for s in shown if s.startswith("trial ")]
+    assert [s.split(",")[0] for s in statuses] == [f"trial {t}: epoch {e}/3" for t in (0, 1) for e in (1, 2, 3)]
+    assert all(" val_acc " in s and "/2 done" in s and "1 running" in s for s in statuses)
+    assert "best val_acc -" in statuses[0] and "best val_acc -" not in statuses[-1]  # trial 0's value, once done
+    assert stderr.getvalue().endswith("\r\x1b[2K")  # cleared when the sweep ends: the summary is not overwritten
+    assert [line for line in lines if line.startswith("trial ")]  # the plain trial lines are printed as before

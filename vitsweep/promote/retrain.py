@@ -239,8 +239,9 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
 
     p.out(f"{prefix}{'resuming' if (run_dir / 'last.pt').is_file() else 'training'} {c.describe} in {run_dir}")
     p.ml.set_running(run_id)
+    live = console.LiveLine()  # on a terminal, the epochs between two printed lines show here
     show = console.epoch_line(p.epochs, prefix, every=max(1, p.epochs // 20),  # ~20 lines a run, not 200
-                              time_limit=cfg.train.time_limit)
+                              time_limit=cfg.train.time_limit, live=live)
 
     def on_epoch(epoch: int, m: dict[str, float]) -> None:
         p.ml.log_epoch(run_id, epoch, m)
@@ -249,7 +250,8 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
             p.hook(name, epoch, m)
 
     with _ending_run_on_error(p.ml, run_id, "interrupted (Ctrl-C); run the same command again to resume"):
-        r = train(cfg, on_epoch, run_dir=run_dir, resume=True)
+        with live:
+            r = train(cfg, on_epoch, run_dir=run_dir, resume=True)
     with _ending_run_on_error(p.ml, run_id, "interrupted while recording; run the same command again to finish"):
         rec = _record(p.sel, c, seed, cfg, key, r, run_id, run_dir)
         rec.save(result_file)

@@ -59,11 +59,14 @@ class _Ending:
 class Objective:
     """``study.optimize``'s objective. ``on_start`` is called as the trial begins (it is RUNNING in
     storage then): the worker loop releases the budget lock there. ``device`` (the worker's place)
-    replaces the trials' ``train.device``."""
+    replaces the trials' ``train.device``. ``on_epoch(trial number, epoch, metrics)`` runs after
+    each epoch that was not pruned (the worker's live status line)."""
 
     def __init__(self, sweep: SweepConfig, tracker: Tracker, parent: str | None, train_fn: TrainFn,
-                 on_start: Callable[[], None] = lambda: None, device: str | None = None):
+                 on_start: Callable[[], None] = lambda: None, device: str | None = None,
+                 on_epoch: Callable[[int, int, dict[str, float]], None] | None = None):
         self.sweep, self.tracker, self.parent, self.train_fn, self.on_start = sweep, tracker, parent, train_fn, on_start
+        self.on_epoch = on_epoch  # (trial number, epoch, metrics) after each epoch is reported: a live status
         self.device = device  # from the worker placement plan: replaces the trials' train.device
         self.metric = sweep.study.metric
         self.maximize = sweep.study.direction == "maximize"
@@ -122,6 +125,8 @@ class Objective:
             try:
                 self.tracker.log_epoch(end.run_id, epoch, m)
                 report(epoch, m)
+                if self.on_epoch is not None:
+                    self.on_epoch(trial.number, epoch, m)
             finally:
                 end.callbacks_s += time.perf_counter() - t
 

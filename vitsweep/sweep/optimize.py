@@ -50,6 +50,17 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
 
     estimated = index != 0
     mine: list[float] = []  # this worker's trial times, for the ETA
+    # One worker on a terminal: a status line under the trial lines (the running trial's epoch, the
+    # sweep's counts, best and ETA). With several workers their lines interleave: plain lines only.
+    live = console.LiveLine(enabled=None if workers == 1 and not tag else False)
+
+    def epoch_status(number: int, epoch: int, m: dict[str, float]) -> None:
+        if live.enabled:
+            finished, running, _ = budget(study)
+            metric = sweep.study.metric
+            value = fmt_metric(float(m[metric]), metric) if metric in m else "-"
+            live.show(f"{tag}trial {number}: epoch {epoch}/{sweep.epochs}, {metric} {value}"
+                      + status_tail(study, sweep, finished, running, mine, workers))
 
     def progress(study_: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
         nonlocal estimated
@@ -67,8 +78,9 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                 out(tag + line)
 
     ran, loaded = 0, False
-    with budget_lock(st.url, sweep.study.name) as lock:
-        objective = Objective(sweep, tracker, parent_run_id, train_fn, on_start=lock.release, device=device)
+    with budget_lock(st.url, sweep.study.name) as lock, live:
+        objective = Objective(sweep, tracker, parent_run_id, train_fn, on_start=lock.release, device=device,
+                              on_epoch=epoch_status)
         while deadline is None or time.monotonic() < deadline:
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
                 break
