@@ -158,3 +158,37 @@ def test_forward_flops_matches_a_hand_count():
     embed = 2 * 4 * (3 * 16 * 16) * 8
     block = 2 * 5 * 8 * 24 + 2 * 5 * 8 * 8 + 4 * 5 * 5 * 8 + 4 * 5 * 8 * 16
     assert forward_flops(m, 32, 10) == embed + block + 2 * 8 * 10
+
+
+def test_the_explicit_attention_used_for_bf16_on_a_cpu_computes_what_the_fused_kernel_does():
+    from torch.nn import functional as F
+
+    from vitsweep.train.model import explicit_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 3, 17, 16, requires_grad=True) for _ in range(3))
+    fused = F.scaled_dot_product_attention(q, k, v)
+    grads = torch.autograd.grad(fused.square().sum(), (q, k, v))
+    ours = explicit_attention(q, k, v, 0.0)
+    torch.testing.assert_close(ours, fused, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(ours.square().sum(), (q, k, v)), grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_in_bf16_on_a_cpu_takes_the_explicit_attention_and_matches_fp32(monkeypatch):
+    from vitsweep.train import model as model_module
+
+    calls = []
+    real = model_module.explicit_attention
+    monkeypatch.setattr(model_module, "explicit_attention", lambda *a: calls.append(1) or real(*a))
+    cfg = tiny_config(**{"model.patch_size": 4})
+    torch.manual_seed(0)
+    vit = ViT(cfg.model, 32, 10).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref = vit(x)
+        assert not calls  # fp32: PyTorch's fused kernel
+        with torch.autocast("cpu", torch.bfloat16):
+            low = vit(x)
+    assert len(calls) == cfg.model.depth
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)

@@ -33,6 +33,18 @@ class DropPath(nn.Module):
         return x * keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as two batched matmuls, the softmax in fp32 (as the fused
+    kernels do). On a CPU in bf16 this is 3.5x faster (forward + backward) than PyTorch 2.14's
+    fused CPU kernel at ViT sizes (65 tokens, head dim 64: 20 ms against 70 ms per 128 images
+    and 3 heads, `benchmarks/train_throughput.py`); in fp32 the fused kernel is the faster one."""
+    a = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, h, N, N)
+    a = a.float().softmax(dim=-1).to(v.dtype)
+    if dropout_p > 0:
+        a = F.dropout(a, dropout_p)
+    return a @ v  # (B, h, N, D/h)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, attn_dropout: float, dropout: float):
         super().__init__()
@@ -47,7 +59,10 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)  # (B, N, 3, h, D/h)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, D/h)
         p = self.attn_dropout if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, D/h)
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            x = explicit_attention(q, k, v, p)  # (B, h, N, D/h)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, D/h)
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         return self.proj_drop(self.proj(x))
 
