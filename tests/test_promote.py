@@ -228,6 +228,8 @@ def test_resume_after_interrupt_and_mlflow_records(capsys):
                          "--tracking-uri", TRACKING, capsys=capsys)
     assert code == 0, err
     assert "already finished" in out and "not retrained" in out and "resuming" in out
+    assert "Created version" not in err and "already exists" not in err  # MLflow's registry chatter: not shown
+    assert "registered model vitsweep-res: version" in out  # vitsweep says it once, itself
     assert "epoch 3/3" in out and "epoch 1/3" not in out  # only the missing epoch was trained
     assert first.read_text() == before
     assert "1 run(s) trained, 1 already finished" in out

@@ -55,8 +55,16 @@ def runs_view(metric: str, params: list[str], expanded: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def quiet(fail_fast: bool = False) -> Iterator[None]:
-    """MLflow without its chatter for the block (see the module doc); restores what it changed."""
+def quiet(fail_fast: bool = False, registry: bool = False) -> Iterator[None]:
+    """MLflow without its chatter for the block (see the module doc); restores what it changed.
+    ``registry``: also its printed registry notes ("Successfully registered model ...", "Created
+    version ..."), which bypass the loggers; vitsweep says what it registered itself."""
+    from mlflow.utils import logging_utils
+
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    was_enabled = stream.enabled
+    if registry:
+        stream.enabled = False
     env = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     if fail_fast:
         env.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
@@ -72,6 +80,7 @@ def quiet(fail_fast: bool = False) -> Iterator[None]:
             os.environ.pop(k, None)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+        stream.enabled = was_enabled
 
 
 @contextlib.contextmanager

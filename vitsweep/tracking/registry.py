@@ -163,7 +163,7 @@ class Promotion:
         previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
         mlflow.set_tracking_uri(self.uri)
         try:
-            with quiet(), mlflow.start_run(run_id=run_id):
+            with quiet(registry=True), mlflow.start_run(run_id=run_id):
                 # pickle, not pt2: pt2 traces one input shape (batch 1) and needs an input example
                 info = mlflow.pytorch.log_model(model, name="model", signature=signature, serialization_format="pickle",
                                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
