@@ -498,6 +498,8 @@ def test_each_trial_line_says_how_far_the_sweep_is_the_best_so_far_and_an_eta(sw
     trial_lines = [line for line in lines if line.startswith("trial ")]
     assert [line.split(" | ")[1].split(" done")[0] for line in trial_lines] == [f"{n}/6" for n in range(1, 7)]
     assert all("best val_acc " in line and " running" in line for line in trial_lines)
+    pruned = [line for line in trial_lines if line.startswith("trial ") and " PRUNED " in line.upper()]
+    assert pruned and f"({len(pruned)} pruned)" in trial_lines[-1]  # the sweep's pruned count so far
     assert all("ETA ~" in line for line in trial_lines[:-1]) and "ETA" not in trial_lines[-1]
     assert f"best val_acc {summary.best_value:.2%}" in trial_lines[-1]
 

@@ -127,16 +127,18 @@ def sampler_seed(sweep: SweepConfig, storage: optuna.storages.BaseStorage) -> in
 
 def status_tail(study: optuna.Study, sweep: SweepConfig, finished: int, running: int, times: list[float],
                 workers: int) -> str:
-    """What a trial line adds about the whole sweep: the best value so far, the trials running, and
-    an ETA from the trial times measured here (pruned trials included, so it shrinks as Hyperband
-    prunes)."""
+    """What a trial line adds about the whole sweep: the trials finished (and of those, pruned), the
+    best value so far, the trials running, and an ETA from the trial times measured here (pruned
+    trials included, so it shrinks as Hyperband prunes)."""
     metric = sweep.study.metric
     try:
         best = fmt_metric(study.best_value, metric)
     except ValueError:  # no completed trial yet
         best = "-"
     left = max(0, sweep.study.n_trials - finished)
-    tail = f"  | {finished}/{sweep.study.n_trials} done, best {metric} {best}, {running} running"
+    pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+    tail = (f"  | {finished}/{sweep.study.n_trials} done" + (f" ({pruned} pruned)" if pruned else "")
+            + f", best {metric} {best}, {running} running")
     if times and left:
         eta = sum(times) / len(times) * left / max(1, workers)
         tail += f", ETA ~{eta / 60:.0f} min" if eta >= 90 else f", ETA ~{eta:.0f} s"
