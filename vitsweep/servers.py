@@ -10,11 +10,13 @@ its workers) on Ctrl-C or SIGTERM. Store URLs are shown with their password mask
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from vitsweep.errors import VitsweepError
@@ -101,14 +103,27 @@ def ui(tracking_uri: str = DEFAULT_TRACKING, host: str = "127.0.0.1", port: int 
         raise
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM to the server's process group, then SIGKILL to whatever of it is left after
+    ``grace`` seconds. It waits for the whole group, not only the server: a worker that outlives
+    it would keep the port, and the output pipe, open."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(proc):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reaps the server itself once it has exited
+    try:
+        os.killpg(proc.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

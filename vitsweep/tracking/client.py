@@ -80,7 +80,8 @@ def quiet(fail_fast: bool = False, registry: bool = False) -> Iterator[None]:
             os.environ.pop(k, None)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        stream.enabled = was_enabled
+        if registry:
+            stream.enabled = was_enabled
 
 
 @contextlib.contextmanager
