@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.helpers import tiny_config
 from vitsweep.train.config import Config
+
+# Tests send SIGINT to the processes they start, as a terminal's Ctrl-C would. A shell that runs
+# pytest in the background (`pytest &` in a script) starts it with SIGINT ignored, and its children
+# would inherit that and never see the signal: give the suite Python's own handler back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 @pytest.fixture
 def tiny() -> Config:
