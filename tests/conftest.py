@@ -16,6 +16,7 @@ from vitsweep.train.config import Config
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+
 @pytest.fixture
 def tiny() -> Config:
     return tiny_config()

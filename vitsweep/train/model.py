@@ -37,7 +37,8 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
     """softmax(q k^T / sqrt(d)) v as two batched matmuls, the softmax in fp32 (as the fused
     kernels do). On a CPU in bf16 this is 3.5x faster (forward + backward) than PyTorch 2.14's
     fused CPU kernel at ViT sizes (65 tokens, head dim 64: 20 ms against 70 ms per 128 images
-    and 3 heads, `benchmarks/train_throughput.py`); in fp32 the fused kernel is the faster one."""
+    and 3 heads, timed on its own; whole training steps in `benchmarks/train_throughput.py`); in
+    fp32 the fused kernel is the faster one."""
     a = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, h, N, N)
     a = a.float().softmax(dim=-1).to(v.dtype)
     if dropout_p > 0:
