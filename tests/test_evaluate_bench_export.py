@@ -142,7 +142,7 @@ def test_bench_refuses_nonsense_numbers(args, expected, ckpt, tmp_path, capsys):
 def test_export_onnx_matches_pytorch(ckpt, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     from vitsweep.models.export import run_export
-    from vitsweep.train.loop import load_model
+    from vitsweep.train.checkpoint import load_model
 
     r = run_export(str(ckpt), "onnx", out=tmp_path / "ex")
     assert r.path == tmp_path / "ex" / "model.onnx" and r.max_abs_diff is not None and r.max_abs_diff <= 1e-4
@@ -160,7 +160,7 @@ def test_export_onnx_matches_pytorch(ckpt, tmp_path):
 
 
 def test_export_torchscript_loads_and_matches(ckpt, tmp_path, capsys):
-    from vitsweep.train.loop import load_model
+    from vitsweep.train.checkpoint import load_model
 
     code, out, err = cli("export", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "ts"), capsys=capsys)
     assert code == 0, err

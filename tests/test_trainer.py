@@ -11,7 +11,10 @@ from vitsweep.train import device as device_mod
 from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.errors import VitsweepError, VitsweepWarning
 from vitsweep.train.model import ViT
-from vitsweep.train.loop import build_optimizer, load_model, lr_at, train
+from vitsweep.train.checkpoint import load_model
+from vitsweep.train.loop import train
+from vitsweep.train.optimizers import build_optimizer
+from vitsweep.train.schedules import lr_at
 
 from tests.helpers import killed_then_resumed, tiny_config
 

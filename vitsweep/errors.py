@@ -25,3 +25,10 @@ def plain_warnings() -> None:
     import warnings
 
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+
+
+def first_line(e: BaseException, limit: int = 200, default: str = "no detail") -> str:
+    """The first line of an exception's message, at most ``limit`` characters: what an error message
+    quotes of a library's exception."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines and lines[0].strip() else default

@@ -17,7 +17,7 @@ from vitsweep.train.config import Config
 from vitsweep.errors import VitsweepError
 from vitsweep.train.model import ViT
 from vitsweep.paths import tracking_uri as resolve_tracking
-from vitsweep.train.loop import load_model
+from vitsweep.train.checkpoint import load_model
 
 
 @dataclass

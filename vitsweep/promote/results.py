@@ -20,7 +20,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from vitsweep.sweep.trials import fmt_metric
+from vitsweep.units import fmt_metric
 from vitsweep.paths import atomic_write
 
 RESULT_FILE = "result.json"

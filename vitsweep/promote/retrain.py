@@ -49,11 +49,13 @@ from vitsweep.promote.results import (RESULT_FILE, RunRecord, format_leaderboard
                                       write_leaderboard)
 from vitsweep.promote.select import Candidate, Selection, choose_study, select_trials
 from vitsweep.sweep.locks import exclusive
-from vitsweep.sweep.study import sweep_of
 from vitsweep.tracking.client import check_tracking_server
 from vitsweep.tracking.registry import Promotion
-from vitsweep.tracking.tags import CHAMPION, TAG_RUN_DIR, TAG_SEED, TAG_SOURCE, TAG_STOP, TAG_TRIAL
-from vitsweep.train.loop import RESUMABLE_CHANGES, TrainResult, train
+from vitsweep.tracking.tags import (CHAMPION, TAG_CONFIG, TAG_EPOCHS, TAG_MIN_DELTA, TAG_NOTE, TAG_PATIENCE, TAG_PICKED,
+                                    TAG_RUN_DIR, TAG_SEED, TAG_SEEDS, TAG_SOURCE, TAG_STOP, TAG_SWEEP_VALUE, TAG_TOP,
+                                    TAG_TRIAL)
+from vitsweep.train.checkpoint import RESUMABLE_CHANGES
+from vitsweep.train.loop import TrainResult, train
 
 DEFAULT_OUT = PROMOTE_DIR
 Out = Callable[[str], None]
@@ -139,12 +141,11 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
     root.mkdir(parents=True, exist_ok=True)
     with exclusive(root / ".lock", f"another vitsweep promote is running for study {sel.study} ({root}/.lock); "
                                    f"wait for it to finish"):
-        sweep = sweep_of(st)
+        sweep = sel.sweep
         ml = Promotion(uri, sweep.tracking.experiment or sel.study, sweep.tracking.artifacts, sel.study)
-        ml.start_parent({"vitsweep.top": str(top), "vitsweep.epochs": str(epochs), "vitsweep.seeds": str(seeds),
-                         "vitsweep.patience": str(patience), "vitsweep.min_delta": str(min_delta),
-                         "vitsweep.picked_trials": ",".join(str(c.number) for c in sel.picked),
-                         "mlflow.note.content": "\n".join(sel.lines)})
+        ml.start_parent({TAG_TOP: str(top), TAG_EPOCHS: str(epochs), TAG_SEEDS: str(seeds),
+                         TAG_PATIENCE: str(patience), TAG_MIN_DELTA: str(min_delta),
+                         TAG_PICKED: ",".join(str(c.number) for c in sel.picked), TAG_NOTE: "\n".join(sel.lines)})
         plan = _Plan(sel, epochs, seeds, patience, min_delta, root, ml, out, on_epoch, overrides)
         limit = max(limits - {None}, default=None)
         out(f"promoting {len(sel.picked)} config(s) x {seeds} seed(s) = {len(sel.picked) * seeds} run(s), up to "
@@ -263,7 +264,7 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
 
 
 def _run_tags(c: Candidate, run_dir: Path) -> dict[str, str]:
-    tags = {TAG_RUN_DIR: str(run_dir), "vitsweep.sweep_value": f"{c.value:.6g}", "vitsweep.config": c.describe}
+    tags = {TAG_RUN_DIR: str(run_dir), TAG_SWEEP_VALUE: f"{c.value:.6g}", TAG_CONFIG: c.describe}
     if c.source_run_id:
         tags[TAG_SOURCE] = c.source_run_id
     return tags

@@ -80,18 +80,6 @@ def intermediate_figure(study: optuna.Study, metric: str, trial_epochs: int, run
     return fig
 
 
-def hyperband_rungs(pruner: Any, trial_epochs: int) -> list[int]:
-    """Epochs where a Hyperband bracket may prune (``min_resource * eta**k`` below the max)."""
-    if getattr(pruner, "name", None) != "hyperband":
-        return []
-    r, eta = max(1, int(pruner.min_resource)), max(2, int(pruner.reduction_factor))
-    out = []
-    while r < trial_epochs:
-        out.append(r)
-        r *= eta
-    return out
-
-
 def compute_figure(study: optuna.Study, trial_epochs: int) -> Any:
     fig = go.Figure()
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED,

@@ -31,13 +31,16 @@ from vitsweep.errors import VitsweepError
 from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, is_http, redact, storage_url, tracking_uri as resolve_tracking
 from vitsweep.promote.results import read_promotion, val_curves_figure
 from vitsweep.report.compute import ComputeSpent, compute_spent
-from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section, hyperband_rungs,
+from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section,
                                      intermediate_figure)
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import load_study
+from vitsweep.sweep.pruners import rungs as pruner_rungs
 from vitsweep.sweep.study import sweep_of
-from vitsweep.sweep.trials import FLOPS_ATTR, describe_counts, fmt_metric, metric_of, state_counts, trials_table
+from vitsweep.sweep.trials import describe_counts, metric_of, state_counts, trials_table
+from vitsweep.tracking.tags import FLOPS_ATTR
+from vitsweep.units import fmt_metric
 from vitsweep.tracking.artifacts import log_report
 from vitsweep.tracking.client import check_tracking_server
 from vitsweep.tracking.tags import REPORT_ARTIFACT_DIR
@@ -82,7 +85,7 @@ def _study_sections(study: optuna.Study, sweep: SweepConfig) -> list[Section]:
     vis = optuna.visualization
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     no_complete = "no completed trial yet"
-    rungs = hyperband_rungs(sweep.pruner, epochs)
+    rungs = pruner_rungs(sweep)
     sections = [
         figure_section("history", "Optimization history",
                        lambda: vis.plot_optimization_history(study, target_name=metric), no_complete),
@@ -161,8 +164,6 @@ def _header(study: optuna.Study, sweep: SweepConfig, cs: ComputeSpent) -> str:
     p = sweep.pruner
     if p.name == "hyperband":
         pruner = f"pruner hyperband (min_resource {p.min_resource}, reduction_factor {p.reduction_factor})"
-    elif p.name == "none" and cs.pruned:
-        pruner = "pruner not recorded with the study"  # the stored sweep keeps no pruner settings
     else:
         pruner = f"pruner {p.name}"
     return (f"<p>{len(trials)} trials ({describe_counts(state_counts(trials))}); "

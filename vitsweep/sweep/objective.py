@@ -29,9 +29,10 @@ from vitsweep.errors import ConfigError, DataError
 from vitsweep.sweep.resume import requeue, resume, retry_history
 from vitsweep.sweep.space import suggest
 from vitsweep.sweep.spec import SweepConfig
-from vitsweep.sweep.trials import FLOPS_ATTR, REASON_ATTR, fmt_metric
+from vitsweep.tracking.tags import FLOPS_ATTR, REASON_ATTR
+from vitsweep.units import fmt_metric
 from vitsweep.tracking.runs import Tracker
-from vitsweep.tracking.tags import RUN_ATTR
+from vitsweep.tracking.tags import RUN_ATTR, RUN_DIR_ATTR
 from vitsweep.train.loop import TrainResult
 
 # The training function a sweep runs: ``vitsweep.train.loop.train`` or anything with its signature.
@@ -166,7 +167,7 @@ class Objective:
         if self.device is not None:
             config = config.replace(**{"train.device": self.device})
         end.run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, config, trial.params)
-        attrs: dict[str, Any] = {"run_dir": str(run_dir)} if config.train.checkpoint else {}
+        attrs: dict[str, Any] = {RUN_DIR_ATTR: str(run_dir)} if config.train.checkpoint else {}
         if end.run_id:
             attrs[RUN_ATTR] = end.run_id
         for k, v in attrs.items():

@@ -27,8 +27,12 @@ from vitsweep.sweep.locks import budget_lock
 from vitsweep.sweep.objective import Objective, TrainFn, TrialFailed
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import open_storage
-from vitsweep.sweep.study import build_pruner, build_sampler, sweep_tracker
-from vitsweep.sweep.trials import budget, duration_estimate, fmt_metric, trial_line
+from vitsweep.sweep.pruners import build_pruner
+from vitsweep.sweep.samplers import build_sampler
+from vitsweep.sweep.study import sweep_tracker
+from vitsweep.sweep.trials import budget, duration_estimate, trial_line
+from vitsweep.tracking.tags import STREAMS_ATTR
+from vitsweep.units import fmt_metric
 from vitsweep.train.loop import train
 
 Out = Callable[[str], None]
@@ -107,8 +111,6 @@ def worker(sweep: SweepConfig, index: int = 0, parent_run_id: str | None = None,
                 fail_stale_trials(study)
     return ran
 
-
-STREAMS_ATTR = "vitsweep_seed_streams"  # how many worker processes have drawn a sampler seed
 
 
 def sampler_seed(sweep: SweepConfig, storage: optuna.storages.BaseStorage) -> int:

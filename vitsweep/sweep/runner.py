@@ -28,7 +28,8 @@ from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import open_storage
 from vitsweep.sweep.study import set_up, sweep_tracker
-from vitsweep.sweep.trials import budget, describe_counts, fmt_metric, metric_of, state_counts
+from vitsweep.sweep.trials import budget, describe_counts, metric_of, state_counts
+from vitsweep.units import fmt_metric
 from vitsweep.tracking.client import check_tracking_server, runs_url
 from vitsweep.tracking.tags import TAG_STOP
 from vitsweep.train.data import load_data

@@ -16,7 +16,8 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vitsweep.train.config import DEFAULT_BETAS, SECTION_TYPES, Config, coerce, config_keys, unknown_key
+from vitsweep.schema import coerce, unknown_key
+from vitsweep.train.config import DEFAULT_BETAS, SECTIONS, Config, config_keys
 
 if TYPE_CHECKING:  # a type only: spec imports this module to parse the space
     from vitsweep.sweep.spec import SweepConfig
@@ -40,6 +41,19 @@ class Param:
     def key(self) -> str:
         """The config key without an index: ``optimizer.betas`` for ``optimizer.betas[0]``."""
         return self.path.split("[")[0]
+
+    def to_spec(self) -> dict[str, Any]:
+        """The sweep file's entry for this param (``parse_space`` reads it back to an equal Param)."""
+        spec: dict[str, Any] = {"path": self.path, "type": self.kind}
+        if self.kind == "categorical":
+            spec["choices"] = list(self.choices)
+        else:
+            spec.update(low=self.low, high=self.high, log=self.log)
+            if self.step is not None:
+                spec["step"] = self.step
+        if self.when:
+            spec["when"] = {name: list(vals) for name, vals in self.when}
+        return spec
 
     @property
     def index(self) -> int | None:
@@ -149,7 +163,7 @@ def parse_space(raw: Any, errors: list[str]) -> tuple[Param, ...]:
         errors.append(f"space: expected a mapping of parameter name -> spec, got {type(raw).__name__}")
         return ()
     hints = {f"{s}.{f.name}": typing.get_type_hints(cls)[f.name]
-             for s, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)}
+             for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     params: list[Param] = []
     whens: dict[str, Any] = {}
     paths: dict[str, str] = {}
