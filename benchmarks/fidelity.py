@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
-import itertools
 import json
 import os
 import platform
@@ -219,6 +218,8 @@ def cpu_model() -> str:
     flags = set(info.get("flags", "").split())
     feats = [f for f in ("avx512_bf16", "amx_bf16") if f in flags] or (["avx2"] if "avx2" in flags else [])
     name = info.get("model name", platform.processor() or platform.machine())
+    if info.get("cpu family") == "25":  # AMD: family 25 is Zen 3 (models 0-15) and Zen 4 (16 and up)
+        name += " Zen 3" if int(info.get("model", "0")) < 16 else " Zen 4"
     return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}; {', '.join(feats)})"
 
 
@@ -291,48 +292,6 @@ def cmd_plan(args: argparse.Namespace) -> None:
 # Reporting
 
 
-def ranks(values: list[float]) -> list[float]:
-    """Ranks 1..n, ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / var if var else float("nan")
-
-
-def kendall(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties in either ranking handled)."""
-    conc = disc = tx = ty = 0
-    for i, j in itertools.combinations(range(len(x)), 2):
-        dx, dy = x[i] - x[j], y[i] - y[j]
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            tx += 1
-        elif dy == 0:
-            ty += 1
-        elif (dx > 0) == (dy > 0):
-            conc += 1
-        else:
-            disc += 1
-    denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
-    return (conc - disc) / denom if denom else float("nan")
-
-
 def reading(record: dict[str, Any], epoch: int) -> tuple[float, float] | None:
     """(the value a trial would have reported by ``epoch``: its best epoch, an epoch with a cooldown
     branch counting the branch's accuracy; CPU-minutes to get there), or None if the run is shorter."""
@@ -349,6 +308,8 @@ def trunk_final(record: dict[str, Any]) -> float | None:
 
 
 def table(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    from vitsweep.stats import kendall, spearman
+
     finals = {r["config"]: reading(r, FINAL_EPOCHS)[0] for r in records.values()
               if r["fidelity"] == "final" and r["seed"] == PANEL[r["config"]]["seed"] and reading(r, FINAL_EPOCHS)}
     rows = []

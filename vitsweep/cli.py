@@ -300,6 +300,9 @@ def promote(
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", "-s", help="Override a key of every promoted run's config, e.g. --set data.train_limit=null "
                             "to promote on the full data after a sweep on a subset (repeatable).")] = None,
+    from_scratch: Annotated[bool, typer.Option(
+        "--from-scratch", help="Retrain every config from the start, even where its trial kept a trunk to continue "
+                               "(wsd sweeps).")] = False,
 ) -> None:
     """Retrain the top trials at full length, test each best checkpoint, rank them (resumable).
 
@@ -312,7 +315,7 @@ def promote(
     try:
         run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri,
                     patience=patience, min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT,
-                    overrides=parse_overrides(set_ or []))
+                    overrides=parse_overrides(set_ or []), from_scratch=from_scratch)
     except KeyboardInterrupt as e:
         typer.echo(f"\n{signals.describe(e)}: run the same vitsweep promote command again to continue (finished "
                    f"runs are kept, the interrupted one resumes from its last epoch)", err=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -22,7 +23,8 @@ from vitsweep.sweep.storage import latest_study, load_study, open_storage
 from vitsweep.sweep.study import sweep_of, trial_config
 from vitsweep.sweep.trials import describe_counts, state_counts
 from vitsweep.sweep.spec import SweepConfig
-from vitsweep.tracking.tags import REASON_ATTR, RUN_ATTR
+from vitsweep.tracking.tags import REASON_ATTR, RUN_ATTR, RUN_DIR_ATTR
+from vitsweep.train.checkpoint import LAST
 from vitsweep.units import fmt_metric
 
 
@@ -43,6 +45,7 @@ class Candidate:
     params: dict[str, Any]
     config: Config  # the trial's exact trainer config
     source_run_id: str | None
+    trunk: Path | None = None  # the trial's kept last.pt (a constant-lr trunk promote can continue)
 
     @property
     def describe(self) -> str:
@@ -112,10 +115,18 @@ def select_trials(study: optuna.Study, top: int) -> Selection:
         if ties:
             why += f"; tied with trial(s) {', '.join(map(str, ties))}, the lower trial number ranks first"
         lines.insert(len(picked), f"picked trial {t.number} ({why}): {describe_params(t.params)}")
-        picked.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, t.user_attrs.get(RUN_ATTR)))
+        picked.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, t.user_attrs.get(RUN_ATTR),
+                                _trunk(t)))
     lines.insert(0, f"selection from study {study.study_name}: {len(complete)} completed of {len(trials)} trial(s), "
                     f"{metric} {direction}d, top {top}")
     return Selection(study.study_name, metric, direction, picked, lines, sweep)
+
+
+def _trunk(t: FrozenTrial) -> Path | None:
+    """The trunk checkpoint a complete trial left, if any (wsd sweeps keep it)."""
+    folder = t.user_attrs.get(RUN_DIR_ATTR)
+    path = Path(folder) / LAST if folder else None
+    return path if path is not None and path.is_file() else None
 
 
 def _skipped(t: FrozenTrial, usable: bool) -> str:

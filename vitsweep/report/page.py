@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from vitsweep import console
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, is_http, redact, storage_url, tracking_uri as resolve_tracking
-from vitsweep.promote.results import read_promotion, val_curves_figure
+from vitsweep.promote.results import fidelity_line, read_promotion, val_curves_figure
 from vitsweep.report.compute import ComputeSpent, compute_spent
 from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section,
                                      intermediate_figure)
@@ -76,6 +76,9 @@ def build_sections(study: optuna.Study, promote_dir: Path, runs_url: str | None 
     promo = _promotion_section(promote_dir, study.study_name)
     if promo is not None:
         sections.append(promo)
+        fidelity = _fidelity_section(promote_dir, study.study_name, metric, study.direction.name.lower())
+        if fidelity is not None:
+            sections.append(fidelity)
     return sections, cs, promo is not None, _header(study, sweep, cs)
 
 
@@ -151,6 +154,23 @@ def _promotion_section(promote_dir: Path, study_name: str) -> Section | None:
                     + promo.leaderboard.to_html(classes="trials", index=False, na_rep="", border=0,
                                                 float_format=lambda v: f"{v:.4g}"))
     return sec
+
+
+def _fidelity_section(promote_dir: Path, study_name: str, metric: str, direction: str) -> Section | None:
+    """Each promoted config's sweep value against its value at full length, and whether the order held."""
+    board = read_promotion(promote_dir, study_name).leaderboard
+    col = f"sweep_{metric}"
+    if board is None or col not in board or not len(board):
+        return None
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=list(board[col]), y=list(board["best_val_acc_mean"]), mode="markers+text",
+                               text=[f"trial {int(t)}" for t in board["trial"]], textposition="top center"))
+    fig.update_layout(title="Fidelity: the sweep's value against the promoted run's", template="plotly_white",
+                      xaxis_title=f"sweep {metric}", yaxis_title="promoted best validation accuracy",
+                      yaxis_tickformat=".1%", xaxis_tickformat=".1%" if "acc" in metric else None)
+    return Section("fidelity", "Fidelity: did the sweep's order hold at full length?", figure=fig,
+                   note=fidelity_line(board, metric, direction))
 
 
 def _header(study: optuna.Study, sweep: SweepConfig, cs: ComputeSpent) -> str:

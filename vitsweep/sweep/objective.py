@@ -33,6 +33,7 @@ from vitsweep.tracking.tags import FLOPS_ATTR, REASON_ATTR
 from vitsweep.units import fmt_metric
 from vitsweep.tracking.runs import Tracker
 from vitsweep.tracking.tags import RUN_ATTR, RUN_DIR_ATTR
+from vitsweep.train.checkpoint import BEST
 from vitsweep.train.loop import TrainResult
 
 # The training function a sweep runs: ``vitsweep.train.loop.train`` or anything with its signature.
@@ -106,9 +107,13 @@ class Objective:
             raise TrialFailed(end.reason) from e
         finally:
             if not self.sweep.trials.keep_checkpoints and not requeued:
-                # The trial has ended: its checkpoints go, and those of the earlier tries it resumed.
-                for d in [run_dir, *(run_dir.parent / str(n) for n in predecessors)]:
+                # The trial has ended: its checkpoints go, and those of the earlier tries it resumed;
+                # a complete trial on a constant-lr trunk keeps its last.pt (promote continues it).
+                keep_trunk = end.state == "COMPLETE" and bool(self.sweep.base.schedule.branches)
+                for d in [*([] if keep_trunk else [run_dir]), *(run_dir.parent / str(n) for n in predecessors)]:
                     shutil.rmtree(d, ignore_errors=True)
+                if keep_trunk:
+                    (run_dir / BEST).unlink(missing_ok=True)
             with contextlib.suppress(Exception):
                 if end.flops and not requeued:  # compute spent, for the report's best-vs-compute plot
                     trial.set_user_attr(FLOPS_ATTR, end.flops)
@@ -147,7 +152,7 @@ class Objective:
             end.train_s = time.perf_counter() - t_train
         if result.stop_reason == "diverged":
             raise TrialFailed(f"diverged: non-finite loss at epoch {result.epochs_run}")
-        values = [float(h[self.metric]) for h in result.history if math.isfinite(float(h[self.metric]))]
+        values = [v for h in result.history if math.isfinite(v := reported(h, self.metric))]
         if not values:
             raise TrialFailed(f"no finite {self.metric} was measured")
         end.value = max(values) if self.maximize else min(values)
@@ -179,7 +184,7 @@ class Objective:
         metric, epochs = self.metric, config.train.epochs
 
         def report(epoch: int, m: dict[str, float], resumed: bool = False) -> None:
-            v = float(m[metric])
+            v = reported(m, metric)
             end.flops = float(m.get("flops", end.flops))
             if not math.isfinite(v):
                 return  # the trainer returns "diverged" right after this epoch
@@ -191,6 +196,12 @@ class Objective:
                                          + (" (epochs re-reported after resuming)" if resumed else ""))
 
         return report
+
+
+def reported(m: dict[str, float], metric: str) -> float:
+    """The value a trial reports for an epoch: a cooldown branch's (a finished model's) where the
+    epoch has one, else the trunk's."""
+    return float(m.get(f"cooldown_{metric}", m[metric]))
 
 
 def _one_line(e: Exception) -> str:

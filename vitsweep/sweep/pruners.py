@@ -10,24 +10,24 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     import optuna
 
-    from vitsweep.sweep.spec import SweepConfig
+    from vitsweep.sweep.spec import PrunerSpec, SweepConfig
 
 
 @dataclass(frozen=True)
 class PrunerKind:
     build: Callable[[SweepConfig], optuna.pruners.BasePruner]
     settings: tuple[str, ...]  # the pruner.* keys it reads besides name
-    rungs: Callable[[SweepConfig], list[int]]  # the epochs at which it may prune (before the last)
+    rungs: Callable[[PrunerSpec, int], list[int]]  # (settings, trial epochs) -> where it may prune, before the last
     about: str
 
 
-def hyperband_rungs(sweep: SweepConfig) -> list[int]:
+def hyperband_rungs(p: PrunerSpec, epochs: int) -> list[int]:
     """The epochs at which Hyperband's brackets compare trials: min_resource x eta^k below the
     trials' epochs (a trial is never pruned after its last epoch)."""
-    rungs, r = [], sweep.pruner.min_resource
-    while r < sweep.epochs:
+    rungs, r = [], p.min_resource
+    while r < epochs:
         rungs.append(r)
-        r *= sweep.pruner.reduction_factor
+        r *= p.reduction_factor
     return rungs
 
 
@@ -52,8 +52,8 @@ def _none(sweep: SweepConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _every_epoch(sweep: SweepConfig) -> list[int]:
-    return list(range(sweep.pruner.n_warmup_steps + 1, sweep.epochs))
+def _every_epoch(p: PrunerSpec, epochs: int) -> list[int]:
+    return list(range(p.n_warmup_steps + 1, epochs))
 
 
 PRUNERS: dict[str, PrunerKind] = {
@@ -61,7 +61,7 @@ PRUNERS: dict[str, PrunerKind] = {
                             "Optuna's Hyperband (successive halving in brackets; max_resource = the trials' epochs)"),
     "median": PrunerKind(_median, ("n_startup_trials", "n_warmup_steps"), _every_epoch,
                          "prune below the median of earlier trials at the same epoch"),
-    "none": PrunerKind(_none, (), lambda sweep: [], "no pruning"),
+    "none": PrunerKind(_none, (), lambda p, epochs: [], "no pruning"),
 }
 
 
@@ -71,4 +71,4 @@ def build_pruner(sweep: SweepConfig) -> optuna.pruners.BasePruner:
 
 def rungs(sweep: SweepConfig) -> list[int]:
     """The epochs at which the sweep's pruner may stop a trial."""
-    return PRUNERS[sweep.pruner.name].rungs(sweep)
+    return PRUNERS[sweep.pruner.name].rungs(sweep.pruner, sweep.epochs)

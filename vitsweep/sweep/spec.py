@@ -32,6 +32,7 @@ from vitsweep.schema import build_section, format_errors, unknown_key
 from vitsweep.sweep.pruners import PRUNERS
 from vitsweep.sweep.samplers import SAMPLERS
 from vitsweep.train.config import Config, build_config, read_yaml
+from vitsweep.train.schedules import SCHEDULES
 from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR, check_url,
                             storage_url, tracking_uri)
 from vitsweep.sweep.space import Param, check_grid, parse_space
@@ -192,11 +193,30 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
         errors.append(f"pruner.min_resource = {pruner.min_resource}: must not exceed the trials' "
                       f"trainer.train.epochs ({base_cfg.train.epochs})")
 
+    if base_cfg is not None and pruner is not None and SCHEDULES[base_cfg.schedule.name].branches:
+        base_cfg = _rung_branches(base_cfg, pruner, errors)
     if errors:
         raise ConfigError(format_errors(f"invalid sweep ({source})", errors))
     assert study and sampler and pruner and storage and tracking and trials and base_cfg
     return SweepConfig(study=study, sampler=sampler, pruner=pruner, storage=storage, tracking=tracking,
                        trials=trials, base=base_cfg, space=space, source=source)
+
+
+def _rung_branches(base: Config, pruner: PrunerSpec, errors: list[str]) -> Config:
+    """A sweep on a constant-lr trunk (``schedule.name: wsd``): a cooldown branch at every epoch where
+    the pruner compares trials and at the last, so that each reported value is a finished model's;
+    the trunk itself never cools down within a trial (its horizon is the promoted run's), so that
+    ``vitsweep promote`` continues it."""
+    epochs, sc = base.train.epochs, base.schedule
+    if sc.horizon is None or sc.horizon <= epochs:
+        errors.append(f"trainer.schedule.horizon = {sc.horizon}: a {sc.name} sweep's trials are the start of the "
+                      f"promoted run; set it to the epochs promotion will train (more than the trials' "
+                      f"train.epochs = {epochs}), e.g. {max(epochs * 4, epochs + 1)}")
+        return base
+    if sc.branches:
+        return base
+    branches = sorted({*PRUNERS[pruner.name].rungs(pruner, epochs), epochs})
+    return base.replace(**{"schedule.branches": branches})
 
 
 def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner: PrunerSpec | None,
