@@ -121,7 +121,7 @@ def test_promotion_and_report_say_whether_the_sweeps_order_held(tmp_path, monkey
     run_sweep(build_sweep(raw), out=lambda _: None)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     lines: list[str] = []
-    r = promote(top=2, epochs=4, study="o", storage=storage, tracking_uri="none", out=lines.append)
+    promote(top=2, epochs=4, study="o", storage=storage, tracking_uri="none", out=lines.append)
     verdict = [line for line in lines if line.startswith("the sweep's order")]
     assert len(verdict) == 1 and "over 2 configs" in verdict[0]  # held, changed, or all equal on tiny data
     page = write_report(study="o", storage=storage, tracking_uri="none")

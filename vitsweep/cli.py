@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from vitsweep import signals
-from vitsweep.errors import VitsweepError, plain_warnings
+from vitsweep.errors import VitsweepError, one_line, plain_warnings
 
 
 class _Group(TyperGroup):
@@ -37,7 +37,7 @@ class _Group(TyperGroup):
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not _out_of_memory(e):
                 raise
-            typer.echo(f"error: out of memory ({' '.join(str(e).split())[:200]}); use less of it: a smaller "
+            typer.echo(f"error: out of memory ({one_line(e, 200)}); use less of it: a smaller "
                        f"train.batch_size or train.micro_batch (train, promote), smaller --batch-sizes (bench, "
                        f"evaluate), or a smaller model (model.dim, depth, a larger patch_size)", err=True)
             raise typer.Exit(2) from None
@@ -156,7 +156,11 @@ def train(
 RefArgument = Annotated[str, typer.Argument(
     metavar="RUN_ID_OR_CHECKPOINT", help="A checkpoint file (storage/runs/NAME/best.pt) or an MLflow run id.")]
 TrackingUriOption = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow store for run ids [default: $MLFLOW_TRACKING_URI or sqlite:///storage/mlflow.db].")]
+    "--tracking-uri", help="MLflow tracking store [default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]; "
+                           "'none': off.")]
+SweepTrackingUriOption = Annotated[Optional[str], typer.Option(  # run: the sweep file may name one
+    "--tracking-uri", help="MLflow tracking store [default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, "
+                           "else sqlite:///storage/mlflow.db]; 'none': off.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 
 
@@ -188,7 +192,7 @@ def bench(
     device: DeviceOption = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/bench/NAME].")] = None,
     min_time: Annotated[float, typer.Option(help="Seconds of timed passes per batch size (at least 5 passes).")] = 1.0,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch [default: torch's choice].")] = None,
+    threads: ThreadsOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html.
@@ -238,8 +242,7 @@ def run(
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", help="The study's total trials (all workers).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes sharing the study.")] = 1,
     storage: StorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off) "
-                            "[default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db].")] = None,
+    tracking_uri: SweepTrackingUriOption = None,
     set_: SetOption = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no new trial after this many seconds.")] = None,
 ) -> None:
@@ -289,8 +292,7 @@ def promote(
     epochs: Annotated[int, typer.Option("--epochs", help="Full training length (the schedule stretches to it).")],
     study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
     storage: ReadStorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(
-        "--tracking-uri", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///storage/mlflow.db]; 'none': off.")] = None,
+    tracking_uri: TrackingUriOption = None,
     patience: Annotated[Optional[int], typer.Option(
         "--patience", help="Early stopping: epochs without a --min-delta val-acc gain [default: the trial's].")] = None,
     min_delta: Annotated[Optional[float], typer.Option("--min-delta", help="Smallest val-acc gain that counts.")] = None,
@@ -326,9 +328,7 @@ def promote(
 def report(
     study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
     storage: ReadStorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(
-        "--tracking-uri", help="MLflow store of the sweep's parent run [default: $MLFLOW_TRACKING_URI or "
-                               "sqlite:///storage/mlflow.db]; 'none': do not log the page.")] = None,
+    tracking_uri: TrackingUriOption = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="HTML file [default: storage/reports/STUDY.html].")] = None,
     promote_dir: Annotated[Optional[Path], typer.Option(
         "--promote-dir", help="vitsweep promote's --out, for the leaderboard [default: storage/promote].")] = None,
@@ -358,7 +358,7 @@ def dashboard(
 
 @app.command()
 def ui(
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="[default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]")] = None,
+    tracking_uri: TrackingUriOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 5000,
 ) -> None:

@@ -173,3 +173,44 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
+
+
+class FileLock:
+    """An exclusive lock on a file (``fcntl.flock``), the one file lock vitsweep takes: a sweep's
+    budget lock on SQLite, a new store's schema creation, one promotion per study folder.
+    ``with FileLock(path):`` holds it for the block; ``acquire``/``release`` hold it across calls."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.held = path, False
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting for it, or not: then False when another process holds it)."""
+        import fcntl
+
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.held:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.held = False
+
+    def close(self) -> None:
+        self.release()
+        os.close(self.fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

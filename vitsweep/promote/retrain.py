@@ -50,7 +50,7 @@ import yaml
 
 from vitsweep import console
 from vitsweep.train.config import Config, flatten
-from vitsweep.errors import VitsweepError
+from vitsweep.errors import VitsweepError, one_line
 from vitsweep.models.evaluate import plot_confusion, write_confusion_csv
 from vitsweep.paths import PROMOTE_DIR, atomic_write, redact, storage_url, tracking_uri as resolve_tracking
 from vitsweep.promote.results import (RESULT_FILE, RunRecord, fidelity_line, format_leaderboard, leaderboard, pct,
@@ -357,7 +357,7 @@ def _ending_run_on_error(ml: Promotion, run_id: str | None, interrupted: str) ->
         ml.end(run_id, "KILLED", interrupted)
         raise
     except BaseException as e:
-        ml.end(run_id, "FAILED", f"{type(e).__name__}: {' '.join(str(e).split())}")
+        ml.end(run_id, "FAILED", f"{type(e).__name__}: {one_line(e)}")
         raise
 
 

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep.paths import redact
 from vitsweep.train.config import Config
-from vitsweep.errors import VitsweepError
+from vitsweep.errors import VitsweepError, one_line
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import latest_study, load_study, open_storage
 from vitsweep.sweep.study import sweep_of, trial_config
@@ -151,7 +151,7 @@ def _distinct(sweep: SweepConfig, ordered: list[FrozenTrial], metric: str,
         try:
             cfg = trial_config(sweep, t)
         except VitsweepError as e:
-            lines.append(f"skipped trial {t.number}: its config cannot be rebuilt ({' '.join(str(e).split())})")
+            lines.append(f"skipped trial {t.number}: its config cannot be rebuilt ({one_line(e)})")
             continue
         key = json.dumps(cfg.to_dict(), sort_keys=True)
         if key in seen:

@@ -11,6 +11,8 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
+from vitsweep.errors import one_line
+
 PRUNED_COLOR, COMPLETE_COLOR, FAIL_COLOR = "#d62728", "#1f77b4", "#7f7f7f"
 
 
@@ -34,7 +36,7 @@ def figure_section(key: str, title: str, make: Callable[[], Any], empty_note: st
             warnings.simplefilter("ignore")
             fig = make()
     except Exception as e:  # noqa: BLE001 - a tiny or odd study must not stop the report
-        return Section(key, title, note=f"not shown: {type(e).__name__}: {' '.join(str(e).split())}")
+        return Section(key, title, note=f"not shown: {type(e).__name__}: {one_line(e)}")
     if _empty(fig):
         return Section(key, title, note=empty_note)
     fig.update_layout(template="plotly_white")

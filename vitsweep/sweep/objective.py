@@ -25,7 +25,7 @@ import optuna
 
 from vitsweep.train.config import Config
 from vitsweep import signals
-from vitsweep.errors import ConfigError, DataError
+from vitsweep.errors import ConfigError, DataError, one_line
 from vitsweep.sweep.resume import requeue, resume, retry_history
 from vitsweep.sweep.space import suggest
 from vitsweep.sweep.spec import SweepConfig
@@ -59,22 +59,20 @@ class _Ending:
 
 
 class Objective:
-    """``study.optimize``'s objective. ``on_start`` is called as the trial begins (it is RUNNING in
-    storage then): the worker loop releases the budget lock there. ``device`` (the worker's place)
-    replaces the trials' ``train.device``. ``on_epoch(trial number, epoch, metrics)`` runs after
-    each epoch that was not pruned (the worker's live status line)."""
+    """The objective of a trial the worker loop asked for (``vitsweep.sweep.optimize.run_trial``).
+    ``device`` (the worker's place) replaces the trials' ``train.device``. ``on_epoch(trial number,
+    epoch, metrics)`` runs after each epoch that was not pruned (the worker's live status line)."""
 
     def __init__(self, sweep: SweepConfig, tracker: Tracker, parent: str | None, train_fn: TrainFn,
-                 on_start: Callable[[], None] = lambda: None, device: str | None = None,
+                 device: str | None = None,
                  on_epoch: Callable[[int, int, dict[str, float]], None] | None = None):
-        self.sweep, self.tracker, self.parent, self.train_fn, self.on_start = sweep, tracker, parent, train_fn, on_start
+        self.sweep, self.tracker, self.parent, self.train_fn = sweep, tracker, parent, train_fn
         self.on_epoch = on_epoch  # (trial number, epoch, metrics) after each epoch is reported: a live status
         self.device = device  # from the worker placement plan: replaces the trials' train.device
         self.metric = sweep.study.metric
         self.maximize = sweep.study.direction == "maximize"
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.on_start()
         end = _Ending()
         run_dir = Path(self.sweep.trials.dir) / self.sweep.study.name / str(trial.number)
         predecessors = retry_history(trial)  # a retried trial's earlier tries
@@ -100,9 +98,9 @@ class Objective:
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - out of memory, a trainer error...: record it and go on
-            end.reason = f"{type(e).__name__}: {_one_line(e)}"
+            end.reason = f"{type(e).__name__}: {one_line(e)}"
             if "out of memory" in str(e).lower():
-                end.reason = f"out of memory: {_one_line(e)}"
+                end.reason = f"out of memory: {one_line(e)}"
             trial.set_user_attr(REASON_ATTR, end.reason)
             raise TrialFailed(end.reason) from e
         finally:
@@ -168,7 +166,7 @@ class Objective:
             end.run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, None, trial.params)
             if end.run_id:
                 trial.set_user_attr(RUN_ATTR, end.run_id)
-            raise TrialFailed(f"bad sampled combination: {_one_line(e)}") from None
+            raise TrialFailed(f"bad sampled combination: {one_line(e)}") from None
         if self.device is not None:
             config = config.replace(**{"train.device": self.device})
         end.run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, config, trial.params)
@@ -202,7 +200,3 @@ def reported(m: dict[str, float], metric: str) -> float:
     """The value a trial reports for an epoch: a cooldown branch's (a finished model's) where the
     epoch has one, else the trunk's."""
     return float(m.get(f"cooldown_{metric}", m[metric]))
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
