@@ -54,7 +54,7 @@ def _out_of_memory(e: BaseException) -> bool:
 def _existing_ref(ref: str) -> bool:
     """A checkpoint that exists, or what looks like a run id: worth a "working on it" line (a
     missing file gets its error alone)."""
-    from vitsweep.models.inference import looks_like_path
+    from vitsweep.trained.inference import looks_like_path
 
     return Path(ref).exists() or not looks_like_path(ref)
 
@@ -176,7 +176,7 @@ def evaluate(
     """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid.
 
     Example: vitsweep evaluate storage/runs/cpu_recipe-20261125-1700/best.pt"""
-    from vitsweep.models.evaluate import format_summary, run_evaluate
+    from vitsweep.trained.evaluate import format_summary, run_evaluate
 
     _folder(out, "--out")
     _threads(threads)
@@ -198,7 +198,7 @@ def bench(
     """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html.
 
     Example: vitsweep bench storage/runs/NAME/best.pt --batch-sizes 1,16,128"""
-    from vitsweep.models.bench import format_summary, parse_batch_sizes, run_bench
+    from vitsweep.trained.bench import format_summary, parse_batch_sizes, run_bench
 
     _folder(out, "--out")
     sizes = parse_batch_sizes(batch_sizes)
@@ -219,7 +219,7 @@ def export(
     """ONNX or TorchScript file, verified against PyTorch's logits, with its config beside it as JSON.
 
     Example: vitsweep export storage/runs/NAME/best.pt --format onnx"""
-    from vitsweep.models.export import format_summary, run_export
+    from vitsweep.trained.export import format_summary, run_export
 
     _folder(out, "--out")
     print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
