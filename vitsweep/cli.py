@@ -21,7 +21,7 @@ class _Group(TyperGroup):
     """Turn a user's mistake (VitsweepError) into 'error: ...' on stderr and its exit code (2);
     list the commands in workflow order."""
 
-    ORDER = ("run", "trials", "studies", "dashboard", "ui", "report", "promote", "train", "evaluate", "bench",
+    ORDER = ("run", "storage-proxy", "trials", "studies", "dashboard", "ui", "report", "promote", "train", "evaluate", "bench",
              "export")
 
     def list_commands(self, ctx):  # noqa: ANN001, ANN201
@@ -253,6 +253,23 @@ def run(
     cfg = load_sweep(sweep, parse_overrides(set_ or [])).with_overrides(n_trials=n_trials, timeout=timeout, storage=storage,
                                            tracking_uri=tracking_uri)
     run_sweep(cfg, workers=workers)
+
+
+@app.command("storage-proxy")
+def storage_proxy(
+    storage: ReadStorageOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 13000,
+    threads: Annotated[int, typer.Option("--threads", help="Threads serving storage calls (each may hold one "
+                                         "database connection).")] = 16,
+) -> None:
+    """Serve the sweep storage to workers through Optuna's gRPC storage proxy (--storage grpc://HOST:PORT).
+
+    Example: vitsweep storage-proxy --storage postgresql://USER@DBHOST/optuna --host 0.0.0.0"""
+    from vitsweep.paths import storage_url
+    from vitsweep.sweep.proxy import serve
+
+    serve(storage_url(storage), host, port, threads)
 
 
 @app.command()

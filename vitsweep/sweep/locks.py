@@ -22,7 +22,7 @@ import sqlalchemy
 from sqlalchemy.pool import NullPool
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import is_postgres, sqlite_path
+from vitsweep.paths import is_grpc, is_postgres, sqlite_path
 from vitsweep.sweep.retry import with_retries
 
 
@@ -139,6 +139,10 @@ class PgBudgetLock(_Lock):
 def budget_lock(url: str, study: str) -> FileBudgetLock | PgBudgetLock:
     """The study's budget lock for the storage at ``url``; use it as ``with budget_lock(...) as lock:``
     (closed on exit), and ``with lock.holding():`` around what must not run twice at once."""
+    if is_grpc(url):  # held by the storage proxy for this worker (vitsweep.sweep.proxy)
+        from vitsweep.sweep.proxy import ProxyBudgetLock
+
+        return ProxyBudgetLock(url, study)  # type: ignore[return-value]
     return PgBudgetLock(url, study) if is_postgres(url) else FileBudgetLock(url, study)
 
 
