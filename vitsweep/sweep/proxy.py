@@ -90,7 +90,9 @@ def _transient(url: str, call: Callable[[], Any]) -> Any:
     try:
         return call()
     except grpc.RpcError as e:
-        if e.code() in (grpc.StatusCode.UNAVAILABLE,):
+        # UNAVAILABLE: no proxy there (yet); CANCELLED: the proxy stopped during the call (a
+        # worker never cancels a call it waits on: it releases the lock by cancelling Hold, unwaited)
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
             raise ProxyUnavailable(f"storage proxy {url} unavailable: {e.details()}") from None
         raise
 
