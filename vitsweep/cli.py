@@ -255,8 +255,9 @@ def run(
     run_sweep(cfg, workers=workers)
 
 
-submit_app = typer.Typer(help="Submit a sweep's workers to a cluster's scheduler.", no_args_is_help=True,
-                         rich_markup_mode=None)
+submit_app = typer.Typer(help="Submit a sweep's workers to a cluster's scheduler (Slurm).\n\n"
+                              "Example: vitsweep submit slurm sweeps/adan_betas.yaml --workers 8 --dry-run",
+                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(submit_app, name="submit")
 
 
