@@ -29,6 +29,7 @@ from typing import Any
 
 from vitsweep.train.config import Config, build_config, coerce, read_yaml, unknown_key
 from vitsweep.errors import ConfigError
+from vitsweep.inputs import brief, brief_path, error_list
 from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR, check_url,
                             storage_url, tracking_uri)
 from vitsweep.sweep.space import Param, check_grid, parse_space
@@ -116,7 +117,7 @@ class SweepConfig:
         study, st, tr = self.study, self.storage, self.tracking
         if n_trials is not None:
             if n_trials < 1:
-                raise ConfigError(f"--n-trials {n_trials}: must be >= 1")
+                raise ConfigError(f"--n-trials {brief(n_trials)}: must be >= 1")
             study = dataclasses.replace(study, n_trials=n_trials)
         if timeout is not None:
             if not (0 < timeout < float("inf")):  # nan and inf too
@@ -181,8 +182,7 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
                       f"trainer.train.epochs ({base_cfg.train.epochs})")
 
     if errors:
-        lines = "\n".join(f"  - {e}" for e in errors)
-        raise ConfigError(f"invalid sweep ({source}):\n{lines}")
+        raise ConfigError(error_list(f"invalid sweep ({brief_path(source)})", errors))
     assert study and sampler and pruner and storage and tracking and trials and base_cfg
     return SweepConfig(study=study, sampler=sampler, pruner=pruner, storage=storage, tracking=tracking,
                        trials=trials, base=base_cfg, space=space, source=source)
@@ -193,13 +193,13 @@ def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner
     """The sections' values that parse but cannot be used."""
     if study is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", study.name):
-            errors.append(f"study.name = {study.name!r}: use letters, digits, '_', '-', '.'")
+            errors.append(f"study.name = {brief(study.name)}: use letters, digits, '_', '-', '.'")
         if study.direction not in ("maximize", "minimize"):
-            errors.append(f"study.direction = {study.direction!r}: must be maximize or minimize")
+            errors.append(f"study.direction = {brief(study.direction)}: must be maximize or minimize")
         if study.metric not in METRICS:
-            errors.append(f"study.metric = {study.metric!r}: must be one of {', '.join(METRICS)}")
+            errors.append(f"study.metric = {brief(study.metric)}: must be one of {', '.join(METRICS)}")
         elif study.direction != METRICS[study.metric]:
-            errors.append(f"study.direction = {study.direction}: {study.metric} should be "
+            errors.append(f"study.direction = {brief(study.direction, plain=True)}: {study.metric} should be "
                           f"{METRICS[study.metric]}d")
         if study.n_trials < 1:
             errors.append(f"study.n_trials = {study.n_trials}: must be >= 1")
@@ -211,14 +211,14 @@ def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner
             errors.append(f"study.min_delta = {study.min_delta}: must be >= 0")
     if sampler is not None:
         if sampler.name not in ("tpe", "random", "grid"):
-            errors.append(f"sampler.name = {sampler.name!r}: unknown sampler; must be tpe, random or grid")
+            errors.append(f"sampler.name = {brief(sampler.name)}: unknown sampler; must be tpe, random or grid")
         if sampler.n_startup_trials < 0:
             errors.append(f"sampler.n_startup_trials = {sampler.n_startup_trials}: must be >= 0")
         if sampler.group and not sampler.multivariate:
             errors.append("sampler.group = true needs sampler.multivariate = true")
     if pruner is not None:
         if pruner.name not in ("hyperband", "median", "none"):
-            errors.append(f"pruner.name = {pruner.name!r}: unknown pruner; must be hyperband, median or none")
+            errors.append(f"pruner.name = {brief(pruner.name)}: unknown pruner; must be hyperband, median or none")
         if pruner.min_resource < 1:
             errors.append(f"pruner.min_resource = {pruner.min_resource}: must be >= 1 epoch")
         if pruner.reduction_factor < 2:
@@ -241,7 +241,7 @@ def _trainer_config(raw: dict[str, Any], source: str, base_dir: Path | None, err
     base_ref = raw.get("base")
     if base_ref is not None:
         if not isinstance(base_ref, str):
-            errors.append(f"base = {base_ref!r}: must be a path to a trainer YAML")
+            errors.append(f"base = {brief(base_ref)}: must be a path to a trainer YAML")
         else:
             bp = Path(base_ref)
             if not bp.is_absolute() and base_dir is not None:
@@ -268,7 +268,7 @@ def _mapping(raw: dict[str, Any], key: str, errors: list[str]) -> dict[str, Any]
     if v is None:
         return {}
     if not isinstance(v, dict):
-        errors.append(f"{key}: expected a mapping, got {v!r}")
+        errors.append(f"{key}: expected a mapping, got {brief(v)}")
         return {}
     return v
 
@@ -286,7 +286,7 @@ def _section(name: str, cls: type, given: dict[str, Any], errors: list[str]) -> 
         try:
             kwargs[k] = coerce(v, hints[k])
         except ValueError as e:
-            errors.append(f"{name}.{k} = {v!r}: {e}")
+            errors.append(f"{name}.{k} = {brief(v)}: {e}")
     if len(errors) > n0:
         return None
     return cls(**kwargs)

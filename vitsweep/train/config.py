@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from vitsweep.errors import ConfigError
+from vitsweep.inputs import brief, brief_path, error_list, is_finite, load_yaml, read_text
 from vitsweep.paths import CACHE_DIR, DATA_ROOT
 
 # ---------------------------------------------------------------------------------------------
@@ -192,16 +192,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such file")
+    text = read_text(p)  # refused above vitsweep.inputs.MAX_BYTES, before parsing
+    name = brief_path(p)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file (not UTF-8); give a YAML file such as sweeps/smoke.yaml") from None
+        raw = load_yaml(text, name) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{name}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+        raise ConfigError(f"{name}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
     return raw
 
 
@@ -211,9 +209,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optimizer.lr=0.001")
+            raise ConfigError(f"--set {brief(item)}: expected key=value, e.g. --set optimizer.lr=0.001")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            out[key.strip()] = load_yaml(value, f"--set {brief(key.strip(), plain=True)}") if value.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
@@ -235,7 +233,7 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
             continue
         sec = raw.setdefault(section, {})
         if not isinstance(sec, dict):
-            errors.append(f"{section}: expected a mapping, got {sec!r}")
+            errors.append(f"{section}: expected a mapping, got {brief(sec)}")
             continue
         sec[name] = value
     if errors:
@@ -245,7 +243,7 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
     for section, cls in _SECTION_TYPES.items():
         given = raw.get(section) or {}
         if not isinstance(given, dict):
-            errors.append(f"{section}: expected a mapping, got {given!r}")
+            errors.append(f"{section}: expected a mapping, got {brief(given)}")
             continue
         given = dict(given)
         if section == "model":
@@ -282,7 +280,7 @@ def _build_section(section: str, cls: type, given: dict[str, Any], errors: list[
         try:
             kwargs[key] = _coerce(value, hints[key])
         except ValueError as e:
-            errors.append(f"{section}.{key} = {value!r}: {e}")
+            errors.append(f"{section}.{key} = {brief(value)}: {e}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - guarded by the name check above
@@ -316,6 +314,8 @@ def _coerce(value: Any, hint: Any) -> Any:
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise ValueError("must be an integer")
+        if abs(value) >= 2**63:
+            raise ValueError("must be an integer between -2**63 and 2**63 - 1")
         return value
     if hint is float:
         if isinstance(value, bool):
@@ -325,7 +325,7 @@ def _coerce(value: Any, hint: Any) -> Any:
                 value = float(value)
             except ValueError:
                 raise ValueError("must be a number") from None
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_finite(value):
             raise ValueError("must be a finite number")
         return float(value)
     if hint is str:
@@ -375,10 +375,10 @@ def _check(cfg: Config) -> list[str]:
     need(o.grad_clip is None or o.grad_clip > 0, f"optimizer.grad_clip = {o.grad_clip}: must be > 0 or null")
     n_betas = len(DEFAULT_BETAS[o.name])
     if o.betas is None or len(o.betas) != n_betas:
-        e.append(f"optimizer.betas = {list(o.betas or [])}: {o.name} takes {n_betas} betas, "
+        e.append(f"optimizer.betas = {brief(list(o.betas or []))}: {o.name} takes {n_betas} betas, "
                  f"e.g. {list(DEFAULT_BETAS[o.name])}")
     elif not all(0 < b < 1 for b in o.betas):
-        e.append(f"optimizer.betas = {list(o.betas)}: each beta must be in (0, 1)")
+        e.append(f"optimizer.betas = {brief(list(o.betas))}: each beta must be in (0, 1)")
 
     need(s.warmup_epochs >= 0, f"schedule.warmup_epochs = {s.warmup_epochs}: must be >= 0")
     need(not s.by_time or t.time_limit is not None,
@@ -408,7 +408,7 @@ def _check(cfg: Config) -> list[str]:
          f"train.micro_batch = {t.micro_batch}: must be in [1, train.batch_size ({t.batch_size})] or null (auto)")
     need(t.time_limit is None or t.time_limit > 0, f"train.time_limit = {t.time_limit}: must be > 0 seconds or null")
     need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
-         f"train.device = {t.device!r}: must be one of auto, cpu, cuda, cuda:N, mps")
+         f"train.device = {brief(t.device)}: must be one of auto, cpu, cuda, cuda:N, mps")
     need(t.patience is None or t.patience >= 1, f"train.patience = {t.patience}: must be >= 1 or null")
     need(t.min_delta >= 0, f"train.min_delta = {t.min_delta}: must be >= 0")
     need(t.target_acc is None or 0 < t.target_acc <= 1,
@@ -426,12 +426,11 @@ def _unknown(key: str, allowed: list[str]) -> str:
     section = key.partition(".")[0]
     same = [k for k in allowed if k.startswith(section + ".")]
     listing = ", ".join(same or allowed)
-    return f"unknown key '{key}'{hint} (allowed: {listing})"
+    return f"unknown key {brief(key)}{hint} (allowed: {listing})"
 
 
 def _format(source: str, errors: list[str]) -> str:
-    lines = "\n".join(f"  - {msg}" for msg in errors)
-    return f"invalid config ({source}):\n{lines}"
+    return error_list(f"invalid config ({brief_path(source)})", errors)
 
 
 def _plain(obj: Any) -> Any:
