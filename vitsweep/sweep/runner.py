@@ -27,7 +27,7 @@ from vitsweep.sweep.optimize import device_override, worker, worker_process
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import open_storage
-from vitsweep.sweep.study import set_up, sweep_tracker
+from vitsweep.sweep.study import check_storable, set_up, sweep_tracker
 from vitsweep.sweep.trials import budget, describe_counts, fmt_metric, metric_of, state_counts
 from vitsweep.tracking.client import check_tracking_server, runs_url
 from vitsweep.tracking.tags import TAG_STOP
@@ -60,6 +60,7 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
         raise ConfigError(f"the Optuna storage and the MLflow tracking store are one database ({redact(sweep.storage.url)}); "
                           f"both keep their own schema version there and would refuse each other: give each its "
                           f"own database (e.g. .../optuna and .../mlflow)")
+    check_storable(sweep)
     check_tracking_server(sweep.tracking.uri)
     load_data(sweep.base.data)  # memoized: a one-worker sweep on a CPU trains on this very copy
     tracker = sweep_tracker(sweep)

@@ -17,6 +17,7 @@ import optuna
 from vitsweep.paths import redact
 from vitsweep.train.config import Config
 from vitsweep.errors import VitsweepError
+from vitsweep.inputs import stored_json
 from vitsweep.sweep.locks import budget_lock
 from vitsweep.sweep.space import config_for_params, grid
 from vitsweep.sweep.spec import SweepConfig, build_sweep
@@ -61,7 +62,12 @@ def _as_stored(sweep: SweepConfig) -> dict[str, Any]:
         if p.when:
             spec["when"] = {name: list(vals) for name, vals in p.when}
         raw["space"][p.name] = spec
-    return json.loads(json.dumps(raw))
+    return json.loads(stored_json(raw, f"sweep {sweep.source}"))
+
+
+def check_storable(sweep: SweepConfig) -> None:
+    """Refuse (ConfigError) a sweep too large for its study to keep, before anything is created."""
+    _as_stored(sweep)
 
 
 def sweep_of(study: optuna.Study) -> SweepConfig:
