@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
-import itertools
 import json
 import os
 import platform
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "benchmarks" / "fidelity_runs.json"
+CACHE = Path(os.environ.get("VITSWEEP_FIDELITY_CACHE", ROOT / "benchmarks" / "fidelity_runs.json"))
 WORK = ROOT / "storage" / "fidelity"  # claims and the lock: local, not committed
 
 FINAL_EPOCHS = 8
@@ -103,7 +102,17 @@ FIDELITIES: dict[str, dict[str, Any]] = {
     # (b) a complete short run on the full data: the final run's shape, only shorter
     "full2": {"what": "(b) 2 epochs on 45,000 images, cosine sized to 2 epochs",
               "set": {"train.epochs": 2}, "read": [1, 2]},
+    # (c) warmup-stable-decay: a constant-lr trunk sized to the final horizon, and at each rung a
+    # cooldown branch (20% of the steps so far, (1 - sqrt) shape) whose value the trial reports
+    "wsd3": {"what": "(c) 3 epochs of a wsd trunk (horizon 8) on 45,000 images, cooldown branches at epochs 1, 3",
+             "set": {"train.epochs": 3, "schedule.name": "wsd", "schedule.horizon": FINAL_EPOCHS,
+                     "schedule.branches": [1, 3]}, "read": [1, 3]},
+    # the wsd trunk run to the final budget, its own cooldown in the last 20%: against cosine there
+    "wsd_final": {"what": f"wsd over the final budget ({FINAL_EPOCHS} epochs, cooldown the last 20%), branches at 1, 3",
+                  "set": {"schedule.name": "wsd", "schedule.branches": [1, 3]}, "read": [1, 3, FINAL_EPOCHS]},
 }
+# Where wsd and cosine are compared at the final budget, with two seeds each.
+PARITY = (("p3", (0, 1)), ("p0", (0, 1)))
 
 # The order runs are taken in: config by config (each finished config adds a point to the table),
 # cheapest first, so that a session that ends mid-panel leaves whole configs behind.
@@ -111,7 +120,9 @@ ORDER = ("p6", "p3", "p9", "p1", "p0", "p8", "p5", "p7", "p2", "p4")
 
 
 def plan() -> list[tuple[str, str, int]]:
-    return [(c, f, PANEL[c]["seed"]) for c in ORDER for f in ("subset3", "full2", "final")]
+    panel = [(c, f, PANEL[c]["seed"]) for c in ORDER for f in ("subset3", "wsd3", "full2", "final")]
+    parity = [(c, f, seed) for c, seeds in PARITY for seed in seeds for f in ("wsd_final", "final")]
+    return panel + [item for item in parity if item not in panel]
 
 
 def key_of(config: str, fidelity: str, seed: int) -> str:
@@ -207,6 +218,8 @@ def cpu_model() -> str:
     flags = set(info.get("flags", "").split())
     feats = [f for f in ("avx512_bf16", "amx_bf16") if f in flags] or (["avx2"] if "avx2" in flags else [])
     name = info.get("model name", platform.processor() or platform.machine())
+    if info.get("cpu family") == "25":  # AMD: family 25 is Zen 3 (models 0-15) and Zen 4 (16 and up)
+        name += " Zen 3" if int(info.get("model", "0")) < 16 else " Zen 4"
     return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}; {', '.join(feats)})"
 
 
@@ -279,57 +292,24 @@ def cmd_plan(args: argparse.Namespace) -> None:
 # Reporting
 
 
-def ranks(values: list[float]) -> list[float]:
-    """Ranks 1..n, ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = ranks(x), ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / var if var else float("nan")
-
-
-def kendall(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties in either ranking handled)."""
-    conc = disc = tx = ty = 0
-    for i, j in itertools.combinations(range(len(x)), 2):
-        dx, dy = x[i] - x[j], y[i] - y[j]
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            tx += 1
-        elif dy == 0:
-            ty += 1
-        elif (dx > 0) == (dy > 0):
-            conc += 1
-        else:
-            disc += 1
-    denom = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
-    return (conc - disc) / denom if denom else float("nan")
-
-
 def reading(record: dict[str, Any], epoch: int) -> tuple[float, float] | None:
-    """(best val_acc up to ``epoch``, CPU-minutes to get there), or None if the run is shorter."""
+    """(the value a trial would have reported by ``epoch``: its best epoch, an epoch with a cooldown
+    branch counting the branch's accuracy; CPU-minutes to get there), or None if the run is shorter."""
     upto = [c for c in record["curve"] if c["epoch"] <= epoch]
     if not upto or upto[-1]["epoch"] < epoch:
         return None
-    return max(c["val_acc"] for c in upto), upto[-1]["cpu_s"] / 60
+    return max(c.get("cooldown_val_acc", c["val_acc"]) for c in upto), upto[-1]["cpu_s"] / 60
+
+
+def trunk_final(record: dict[str, Any]) -> float | None:
+    """A final-budget run's own best validation accuracy (its trunk: branches not counted)."""
+    curve = record["curve"]
+    return max(c["val_acc"] for c in curve) if curve and curve[-1]["epoch"] >= FINAL_EPOCHS else None
 
 
 def table(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    from vitsweep.stats import kendall, spearman
+
     finals = {r["config"]: reading(r, FINAL_EPOCHS)[0] for r in records.values()
               if r["fidelity"] == "final" and r["seed"] == PANEL[r["config"]]["seed"] and reading(r, FINAL_EPOCHS)}
     rows = []
@@ -371,6 +351,20 @@ def cmd_report(args: argparse.Namespace) -> None:
               f"{r['top3']:>7.2f}{r['cpu_min']:>9.1f}  {r['pick']}")
     print("\nregret: final val accuracy of the reading's pick minus the panel's best, in points; "
           "CPU-min: one config's reading, averaged over the configs")
+    parity(records)
+
+
+def parity(records: dict[str, dict[str, Any]]) -> None:
+    """wsd (constant lr, cooldown in the last 20%) against cosine at the final budget, per seed."""
+    lines = []
+    for config, seeds in PARITY:
+        for seed in seeds:
+            cos, wsd = records.get(key_of(config, "final", seed)), records.get(key_of(config, "wsd_final", seed))
+            if cos and wsd and trunk_final(cos) is not None and trunk_final(wsd) is not None:
+                a, b = trunk_final(cos), trunk_final(wsd)
+                lines.append(f"  {config} seed {seed}: cosine {a:.2%}, wsd {b:.2%} ({(b - a) * 100:+.2f} points)")
+    print("\nwsd against cosine at the final budget (best val accuracy):")
+    print("\n".join(lines) if lines else "  not measured yet")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,8 @@ from vitsweep.train.config import build_config
 from vitsweep.train.data import load_data
 from vitsweep.train.device import cpu_native, resolve_device, synchronize
 from vitsweep.train.model import build_model
-from vitsweep.train.loop import build_optimizer, train
+from vitsweep.train.loop import train
+from vitsweep.train.optimizers import build_optimizer
 
 PEER_MODEL = {"preset": "custom", "dim": 512, "depth": 6, "heads": 8, "mlp_ratio": 1.0, "patch_size": 4, "drop_path": 0.0}
 

@@ -10,7 +10,9 @@ from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.train.config import build_config
 from vitsweep.errors import ConfigError, VitsweepWarning
 from vitsweep.train.model import ViT, forward_flops
-from vitsweep.train.loop import Schedule, compile_pays, micro_batch_size, train
+from vitsweep.train.compile import compile_pays
+from vitsweep.train.loop import micro_batch_size, train
+from vitsweep.train.schedules import Schedule
 
 from tests.helpers import killed_then_resumed, tiny_config
 

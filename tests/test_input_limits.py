@@ -20,7 +20,7 @@ from vitsweep.errors import ConfigError
 from vitsweep.inputs import brief, load_yaml
 from vitsweep.sweep.spec import load_sweep
 from vitsweep.sweep.storage import open_storage
-from vitsweep.sweep.study import SWEEP_ATTR, _as_stored, sweep_of
+from vitsweep.sweep.study import SWEEP_ATTR, stored_sweep, sweep_of
 from vitsweep.train.config import build_config, load_config
 
 TIMEOUT = 300  # seconds; a refusal takes about one here, the rest is headroom for a loaded machine
@@ -194,7 +194,7 @@ def test_long_command_line_values_are_quoted_short(tmp_path, capsys):
 def test_a_sweep_too_large_for_its_study_is_refused_before_anything_is_created(tmp_path, capsys, monkeypatch):
     raw = sweep_dict(tmp_path)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
-    stored = len(json.dumps(_as_stored(load_sweep(tmp_path / "s.yaml"))))
+    stored = len(json.dumps(stored_sweep(load_sweep(tmp_path / "s.yaml"))))
     monkeypatch.setattr(inputs, "MAX_BYTES", stored - 1)  # the file itself is smaller than what is stored
     assert (tmp_path / "s.yaml").stat().st_size < stored - 1
     code, _, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
@@ -204,7 +204,7 @@ def test_a_sweep_too_large_for_its_study_is_refused_before_anything_is_created(t
 
 def test_a_study_an_older_version_stored_a_huge_sweep_in_still_opens(tmp_path, capsys):
     raw = sweep_dict(tmp_path, name="old")
-    stored = _as_stored(load_sweep_dict(tmp_path, raw))
+    stored = stored_sweep(load_sweep_dict(tmp_path, raw))
     stored["space"]["seed"] = {"path": "train.seed", "type": "categorical", "choices": list(range(200_000))}
     assert len(json.dumps(stored)) > inputs.MAX_BYTES
     url = f"sqlite:///{tmp_path}/optuna.db"
@@ -226,3 +226,16 @@ def test_real_files_are_far_below_the_limits():
         assert path.stat().st_size < inputs.MAX_BYTES // 100
         assert load_yaml(path.read_text(), str(path)) == yaml.safe_load(path.read_text())
     assert load_config(REPO / "sweeps/train_smoke.yaml").train.epochs == 1
+
+
+def test_a_huge_image_size_is_refused_at_once_not_searched_for_divisors(tmp_path, capsys):
+    # Listing the patch sizes that divide data.image_size used to count up to it: 10**12 never ended.
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(trainer_dict()))
+    code, _, err = cli("train", str(tmp_path / "t.yaml"), "--set", "data.image_size=1000000000001", capsys=capsys)
+    assert code == 2 and "data.image_size = 1000000000001: must be in [1, 4096]" in err, err
+    assert "model.patch_size = 8: must divide data.image_size (1000000000001)" in err and "allowed" not in err, err
+    with pytest.raises(ConfigError, match=r"must be in \[1, 4096\]") as e:
+        build_config(trainer_dict(), {"data.image_size": 2**63 - 1, "model.patch_size": 7})
+    assert len(str(e.value)) < 2048
+    with pytest.raises(ConfigError, match=r"data.image_size \(4095\); allowed: 1, 3, 5, 7, 9, 13, 15, 21,"):
+        build_config(trainer_dict(), {"data.image_size": 4095, "model.patch_size": 2})

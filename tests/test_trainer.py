@@ -11,7 +11,10 @@ from vitsweep.train import device as device_mod
 from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.errors import VitsweepError, VitsweepWarning
 from vitsweep.train.model import ViT
-from vitsweep.train.loop import build_optimizer, load_model, lr_at, train
+from vitsweep.train.checkpoint import load_model
+from vitsweep.train.loop import train
+from vitsweep.train.optimizers import build_optimizer
+from vitsweep.train.schedules import lr_at
 
 from tests.helpers import killed_then_resumed, tiny_config
 
@@ -58,7 +61,7 @@ def test_reduced_precision_on_a_cpu_without_it_warns_once_and_runs_fp32(precisio
     monkeypatch.setattr(device_mod, "cpu_native", lambda p: p == "fp32")
     monkeypatch.setattr(device_mod, "_WARNED", set())
     with pytest.warns(VitsweepWarning, match=f"train.precision = {precision} on a CPU without native {precision}"):
-        result = train(tiny_config(**{f"train.precision": precision, "train.epochs": 1}))
+        result = train(tiny_config(**{"train.precision": precision, "train.epochs": 1}))
     assert result.precision == "fp32"
     recwarn.clear()
     # a sweep's next trials in this process: the same choice, said once (not once per trial)

@@ -19,14 +19,14 @@ except ImportError:  # pragma: no cover - older typer: click itself
     from click.exceptions import UsageError
 
 from vitsweep import signals
-from vitsweep.errors import VitsweepError, plain_warnings
+from vitsweep.errors import VitsweepError, one_line, plain_warnings
 
 
 class _Group(TyperGroup):
     """Turn a user's mistake (VitsweepError) into 'error: ...' on stderr and its exit code (2);
     list the commands in workflow order."""
 
-    ORDER = ("run", "trials", "studies", "dashboard", "ui", "report", "promote", "train", "evaluate", "bench",
+    ORDER = ("run", "submit", "storage-proxy", "trials", "studies", "dashboard", "ui", "report", "promote", "train", "evaluate", "bench",
              "export")
 
     def list_commands(self, ctx):  # noqa: ANN001, ANN201
@@ -45,7 +45,7 @@ class _Group(TyperGroup):
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not _out_of_memory(e):
                 raise
-            typer.echo(f"error: out of memory ({' '.join(str(e).split())[:200]}); use less of it: a smaller "
+            typer.echo(f"error: out of memory ({one_line(e, 200)}); use less of it: a smaller "
                        f"train.batch_size or train.micro_batch (train, promote), smaller --batch-sizes (bench, "
                        f"evaluate), or a smaller model (model.dim, depth, a larger patch_size)", err=True)
             raise typer.Exit(2) from None
@@ -75,7 +75,7 @@ def _out_of_memory(e: BaseException) -> bool:
 def _existing_ref(ref: str) -> bool:
     """A checkpoint that exists, or what looks like a run id: worth a "working on it" line (a
     missing file gets its error alone)."""
-    from vitsweep.models.inference import looks_like_path
+    from vitsweep.trained.inference import looks_like_path
 
     return Path(ref).exists() or not looks_like_path(ref)
 
@@ -179,7 +179,11 @@ def train(
 RefArgument = Annotated[str, typer.Argument(
     metavar="RUN_ID_OR_CHECKPOINT", help="A checkpoint file (storage/runs/NAME/best.pt) or an MLflow run id.")]
 TrackingUriOption = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow store for run ids [default: $MLFLOW_TRACKING_URI or sqlite:///storage/mlflow.db].")]
+    "--tracking-uri", help="MLflow tracking store [default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]; "
+                           "'none': off.")]
+SweepTrackingUriOption = Annotated[Optional[str], typer.Option(  # run: the sweep file may name one
+    "--tracking-uri", help="MLflow tracking store [default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, "
+                           "else sqlite:///storage/mlflow.db]; 'none': off.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 
 
@@ -195,7 +199,7 @@ def evaluate(
     """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid.
 
     Example: vitsweep evaluate storage/runs/cpu_recipe-20261125-1700/best.pt"""
-    from vitsweep.models.evaluate import format_summary, run_evaluate
+    from vitsweep.trained.evaluate import format_summary, run_evaluate
 
     _folder(out, "--out")
     _threads(threads)
@@ -211,13 +215,13 @@ def bench(
     device: DeviceOption = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/bench/NAME].")] = None,
     min_time: Annotated[float, typer.Option(help="Seconds of timed passes per batch size (at least 5 passes).")] = 1.0,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch [default: torch's choice].")] = None,
+    threads: ThreadsOption = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html.
 
     Example: vitsweep bench storage/runs/NAME/best.pt --batch-sizes 1,16,128"""
-    from vitsweep.models.bench import format_summary, parse_batch_sizes, run_bench
+    from vitsweep.trained.bench import format_summary, parse_batch_sizes, run_bench
 
     _folder(out, "--out")
     sizes = parse_batch_sizes(batch_sizes)
@@ -238,7 +242,7 @@ def export(
     """ONNX or TorchScript file, verified against PyTorch's logits, with its config beside it as JSON.
 
     Example: vitsweep export storage/runs/NAME/best.pt --format onnx"""
-    from vitsweep.models.export import format_summary, run_export
+    from vitsweep.trained.export import format_summary, run_export
 
     _folder(out, "--out")
     print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
@@ -261,8 +265,7 @@ def run(
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", help="The study's total trials (all workers).")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes sharing the study.")] = 1,
     storage: StorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off) "
-                            "[default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db].")] = None,
+    tracking_uri: SweepTrackingUriOption = None,
     set_: SetOption = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Start no new trial after this many seconds.")] = None,
 ) -> None:
@@ -278,6 +281,66 @@ def run(
     from vitsweep.sweep.runner import run_sweep
 
     run_sweep(cfg, workers=workers)
+
+
+submit_app = typer.Typer(help="Submit a sweep's workers to a cluster's scheduler (Slurm).\n\n"
+                              "Example: vitsweep submit slurm sweeps/adan_betas.yaml --workers 8 --dry-run",
+                         no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(submit_app, name="submit")
+
+
+@submit_app.command("slurm")
+def submit_slurm(
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML, e.g. sweeps/adan_betas.yaml.")],
+    workers: Annotated[int, typer.Option("--workers", help="Array tasks, each one `vitsweep run --workers 1`.")],
+    gpus_per_worker: Annotated[int, typer.Option("--gpus-per-worker", help="GPUs per task (--gres=gpu:N); 0: "
+                                                 "CPU only.")] = 0,
+    cpus_per_worker: Annotated[Optional[int], typer.Option("--cpus-per-worker", help="CPU cores per task "
+                               "(--cpus-per-task) [default: the cluster's].")] = None,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition [default: the "
+                         "cluster's].")] = None,
+    time_limit: Annotated[Optional[str], typer.Option("--time", help="Time limit per task, HH:MM:SS [default: the "
+                          "partition's].")] = None,
+    requeue: Annotated[bool, typer.Option("--requeue", help="Let Slurm start a preempted task (or one on a failed "
+                                          "node) again; its trial resumes from its checkpoint.")] = False,
+    signal_before: Annotated[int, typer.Option("--signal-before", help="Seconds before the time limit to SIGTERM "
+                             "the worker (its trial is re-queued); 0: only Slurm's own.")] = 120,
+    storage: StorageOption = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off) "
+                            "[default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI].")] = None,
+    allow_sqlite: Annotated[bool, typer.Option("--allow-sqlite", help="Accept sqlite:/// stores (their folder is on "
+                                               "a filesystem every node mounts).")] = False,
+    sbatch: Annotated[Optional[list[str]], typer.Option("--sbatch", help="Another #SBATCH option, e.g. "
+                      "--sbatch=--account=proj (repeatable).")] = None,
+    set_: SetOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job script; write and submit nothing.")] = False,
+) -> None:
+    """Run a sweep's workers as one Slurm job array (a plain sbatch script, shown with --dry-run).
+
+    Example: vitsweep submit slurm sweeps/adan_betas.yaml --workers 8 --gpus-per-worker 1 --time 04:00:00"""
+    from vitsweep.cluster.slurm import Request, submit
+
+    submit(Request(sweep=sweep, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                   partition=partition, time=time_limit, requeue=requeue, signal_before=signal_before,
+                   allow_sqlite=allow_sqlite, storage=storage, tracking_uri=tracking_uri, sbatch=tuple(sbatch or ()),
+                   set_=tuple(set_ or ())), dry_run=dry_run)
+
+
+@app.command("storage-proxy")
+def storage_proxy(
+    storage: ReadStorageOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 13000,
+    threads: Annotated[int, typer.Option("--threads", help="Threads serving storage calls (each may hold one "
+                                         "database connection).")] = 16,
+) -> None:
+    """Serve the sweep storage to workers through Optuna's gRPC storage proxy (--storage grpc://HOST:PORT).
+
+    Example: vitsweep storage-proxy --storage postgresql://USER@DBHOST/optuna --host 0.0.0.0"""
+    from vitsweep.paths import storage_url
+    from vitsweep.sweep.proxy import serve
+
+    serve(storage_url(storage), host, port, threads)
 
 
 @app.command()
@@ -314,8 +377,7 @@ def promote(
     epochs: Annotated[int, typer.Option("--epochs", help="Full training length (the schedule stretches to it).")],
     study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
     storage: ReadStorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(
-        "--tracking-uri", help="MLflow store [default: $MLFLOW_TRACKING_URI or sqlite:///storage/mlflow.db]; 'none': off.")] = None,
+    tracking_uri: TrackingUriOption = None,
     patience: Annotated[Optional[int], typer.Option(
         "--patience", help="Early stopping: epochs without a --min-delta val-acc gain [default: the trial's].")] = None,
     min_delta: Annotated[Optional[float], typer.Option("--min-delta", help="Smallest val-acc gain that counts.")] = None,
@@ -325,6 +387,9 @@ def promote(
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", "-s", help="Override a key of every promoted run's config, e.g. --set data.train_limit=null "
                             "to promote on the full data after a sweep on a subset (repeatable).")] = None,
+    from_scratch: Annotated[bool, typer.Option(
+        "--from-scratch", help="Retrain every config from the start, even where its trial kept a trunk to continue "
+                               "(wsd sweeps).")] = False,
 ) -> None:
     """Retrain the top trials at full length, test each best checkpoint, rank them (resumable).
 
@@ -339,7 +404,7 @@ def promote(
     try:
         run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri,
                     patience=patience, min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT,
-                    overrides=overrides)
+                    overrides=overrides, from_scratch=from_scratch)
     except KeyboardInterrupt as e:
         typer.echo(f"\n{signals.describe(e)}: run the same vitsweep promote command again to continue (finished "
                    f"runs are kept, the interrupted one resumes from its last epoch)", err=True)
@@ -350,9 +415,7 @@ def promote(
 def report(
     study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
     storage: ReadStorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(
-        "--tracking-uri", help="MLflow store of the sweep's parent run [default: $MLFLOW_TRACKING_URI or "
-                               "sqlite:///storage/mlflow.db]; 'none': do not log the page.")] = None,
+    tracking_uri: TrackingUriOption = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="HTML file [default: storage/reports/STUDY.html].")] = None,
     promote_dir: Annotated[Optional[Path], typer.Option(
         "--promote-dir", help="vitsweep promote's --out, for the leaderboard [default: storage/promote].")] = None,
@@ -382,7 +445,7 @@ def dashboard(
 
 @app.command()
 def ui(
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="[default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]")] = None,
+    tracking_uri: TrackingUriOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 5000,
 ) -> None:

@@ -25,3 +25,17 @@ def plain_warnings() -> None:
     import warnings
 
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+
+
+def first_line(e: BaseException, limit: int = 200, default: str = "no detail") -> str:
+    """The first line of an exception's message, at most ``limit`` characters: what an error message
+    quotes of a library's exception."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines and lines[0].strip() else default
+
+
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """An exception's whole message on one line (whitespace runs collapsed), at most ``limit``
+    characters: what a one-line record (a trial's fail reason, an MLflow tag) keeps of it."""
+    text = " ".join(str(e).split())
+    return text if limit is None else text[:limit]

@@ -237,8 +237,9 @@ def stored_json(raw: Any, where: str) -> str:
     sweep (a study that an older version stored a larger one in still opens: only writing is refused)."""
     text = json.dumps(raw)
     if len(text) > MAX_BYTES:
-        raise ConfigError(f"{where}: its trainer config and space come to {_size(len(text))} of JSON, more than the "
-                          f"{_size(MAX_BYTES)} a study keeps of its sweep; declare fewer or shorter choices")
+        raise ConfigError(f"{where}: it comes to {_size(len(text))} of JSON, more than the {_size(MAX_BYTES)} a study "
+                          f"keeps of its sweep (its trainer config and space are most of it); declare fewer or "
+                          f"shorter choices")
     return text
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from vitsweep.errors import ConfigError
+from vitsweep.inputs import brief
 
 # Everything vitsweep writes by default lives under storage/ (ignored by git).
 STORAGE = Path("storage")
@@ -66,8 +67,14 @@ def tracking_uri(given: str | None = None) -> str:
 
 def check_url(url: str, where: str, errors: list[str] | None = None) -> None:
     """Append the problem to ``errors``, or raise it when there is no list to collect it in."""
-    if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        msg = f"{where} = {url!r}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..."
+    if is_grpc(url):
+        msg = grpc_problem(url, where)
+    elif not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
+        msg = (f"{where} = {brief(url)}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..., "
+               f"or grpc://HOST:PORT (a vitsweep storage-proxy)")
+    else:
+        msg = None
+    if msg is not None:
         if errors is None:
             raise ConfigError(msg)
         errors.append(msg)
@@ -91,6 +98,35 @@ def missing_driver(url: str, err: ModuleNotFoundError) -> ConfigError:
 
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgresql+", "postgres://"))
+
+
+_GRPC = re.compile(r"grpc://(\[[0-9a-fA-F:.]+\]|[^\[\]/:@?#\s]+)(?::(\d+))?/?", re.IGNORECASE)
+
+
+def is_grpc(url: str) -> bool:
+    """``grpc://HOST:PORT``: a ``vitsweep storage-proxy`` in front of the database."""
+    return url.lower().startswith("grpc://")
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """(host, port) of ``grpc://HOST[:PORT]`` (port 13000 when left out; IPv6 as ``[::1]:13000``);
+    a URL that is not one is a ConfigError."""
+    problem = grpc_problem(url, "storage URL")
+    if problem:
+        raise ConfigError(problem)
+    m = _GRPC.fullmatch(url)
+    assert m is not None
+    return m.group(1).strip("[]"), int(m.group(2) or 13000)
+
+
+def grpc_problem(url: str, where: str) -> str | None:
+    m = _GRPC.fullmatch(url)
+    if m is None:
+        return (f"{where} = {brief(url)}: a storage proxy URL is grpc://HOST:PORT (no user, password, path or "
+                f"query: the proxy holds the database URL), e.g. grpc://dbhost:13000")
+    if m.group(2) is not None and (len(m.group(2).lstrip("0")) > 5 or not 1 <= int(m.group(2)) <= 65535):
+        return f"{where} = {brief(url)}: port {brief(m.group(2), plain=True)} is not in 1..65535"
+    return None
 
 
 def is_http(uri: str) -> bool:
@@ -173,3 +209,44 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
+
+
+class FileLock:
+    """An exclusive lock on a file (``fcntl.flock``), the one file lock vitsweep takes: a sweep's
+    budget lock on SQLite, a new store's schema creation, one promotion per study folder.
+    ``with FileLock(path):`` holds it for the block; ``acquire``/``release`` hold it across calls."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.held = path, False
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting for it, or not: then False when another process holds it)."""
+        import fcntl
+
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.held:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.held = False
+
+    def close(self) -> None:
+        self.release()
+        os.close(self.fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

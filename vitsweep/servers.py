@@ -38,7 +38,7 @@ def check_port(host: str, port: int) -> None:
             holder = port_holder(port)
             raise VitsweepError(f"port {port} on {host} is not free ({e.strerror})"
                                 + (f": {holder} holds it" if holder else "")
-                                + f"; stop it, or choose another port with --port") from None
+                                + "; stop it, or choose another port with --port") from None
 
 
 def port_holder(port: int) -> str | None:

@@ -20,7 +20,8 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from vitsweep.sweep.trials import fmt_metric
+from vitsweep.stats import order_verdict
+from vitsweep.units import fmt_metric
 from vitsweep.paths import atomic_write
 
 RESULT_FILE = "result.json"
@@ -51,6 +52,7 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     run_dir: str = ""
+    continued_from: int = 0  # the trial trunk's epoch this run continued from (0: trained from scratch)
 
     @classmethod
     def load(cls, path: Path) -> RunRecord:
@@ -141,6 +143,7 @@ def leaderboard(records: list[RunRecord], picked: list[Any], metric: str) -> pd.
             "best_val_acc_mean": statistics.fmean(r.best_val_acc for r in runs),
             "best_val_acc_std": statistics.stdev(r.best_val_acc for r in runs) if len(runs) > 1 else float("nan"),
             "seeds": len(runs),
+            "continued_from": ",".join(str(r.continued_from) for r in runs),
             "epochs_run": ",".join(str(r.epochs_run) for r in runs),
             "stop_reason": ",".join(sorted({r.stop_reason for r in runs})),
             "wall_time_s": round(sum(r.train_time_s for r in runs), 2),
@@ -161,12 +164,21 @@ def write_leaderboard(board: pd.DataFrame, records: list[RunRecord], root: Path,
     board.to_csv(files["leaderboard"])
     pd.DataFrame([{"trial": r.trial, "seed": r.seed, "config": r.config_desc, f"sweep_{metric}": r.sweep_value,
                    "test_acc": r.test_acc, "test_loss": r.test_loss, "best_val_acc": r.best_val_acc,
-                   "best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "stop_reason": r.stop_reason,
+                   "best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "continued_from": r.continued_from,
+                   "stop_reason": r.stop_reason,
                    "wall_time_s": r.train_time_s, "mlflow_run_id": r.mlflow_run_id or "", "run_dir": r.run_dir}
                   for r in records]).to_csv(files["runs"], index=False)
     fig = val_curves_figure(records, f"promotion of study {study}: validation curves")
     fig.write_html(files["chart"], include_plotlyjs=True)
     return files
+
+
+def fidelity_line(board: pd.DataFrame, metric: str, direction: str) -> str:
+    """Whether the sweep's ranking of the promoted configs held at full length."""
+    if board is None or not len(board):
+        return "the sweep's order: no promoted config finished"
+    verdict = order_verdict(list(board[f"sweep_{metric}"]), list(board["best_val_acc_mean"]), direction == "maximize")
+    return f"{verdict} (sweep {metric} against promoted validation accuracy)"
 
 
 def format_leaderboard(board: pd.DataFrame | None, study: str, metric: str) -> str:
@@ -175,13 +187,19 @@ def format_leaderboard(board: pd.DataFrame | None, study: str, metric: str) -> s
     lines = [f"leaderboard (study {study}; ranked by validation accuracy, the best epoch's; test accuracy of "
              f"that checkpoint, measured once and never used to rank; mean ± std over seeds)"]
     lines.append(f"{'#':>2}  {'trial':>5}  {'sweep ' + metric:>14}  {'val acc':>16}  {'test acc':>16}  {'epochs':>8}  "
-                 f"{'stop':<14}  {'time':>8}  config")
+                 f"{'from':>5}  {'stop':<14}  {'time':>8}  config")
     for place, row in board.iterrows():
         val = _mean_std(row["best_val_acc_mean"], row.get("best_val_acc_std", float("nan")))
         acc = _mean_std(row["test_acc_mean"], row["test_acc_std"])
         lines.append(f"{place:>2}  {int(row['trial']):>5}  {fmt_metric(row[f'sweep_{metric}'], metric):>14}  {val:>16}  {acc:>16}  "
-                     f"{row['epochs_run']:>8}  {row['stop_reason']:<14}  {row['wall_time_s']:>7.1f}s  {row['config']}")
+                     f"{row['epochs_run']:>8}  {_from(row):>5}  {row['stop_reason']:<14}  {row['wall_time_s']:>7.1f}s  "
+                     f"{row['config']}")
+    lines.append("from: the epoch of the trial's trunk a run continued from (0 = trained from scratch)")
     return "\n".join(lines)
+
+
+def _from(row: Any) -> str:
+    return str(row.get("continued_from", "0"))
 
 
 def _mean_std(mean: float, std: float) -> str:

@@ -5,8 +5,12 @@ Short sweep trials pick candidates; promotion gives the honest answer:
 1. **Select** the top-k COMPLETE trials by the study's metric and direction. Pruned, failed and
    running trials are skipped, and so is a trial whose trainer config is identical to a better
    ranked one (a duplicate). Equal values are ordered by trial number (the earlier trial wins).
-2. **Retrain** each from scratch with its exact trial config (``vitsweep.sweep.study.trial_config``), with
-   ``train.epochs = --epochs`` (the warmup + cosine schedule stretches to it), early stopping on
+2. **Retrain** each with its exact trial config (``vitsweep.sweep.study.trial_config``), with
+   ``train.epochs = --epochs`` (the warmup and the lr schedule stretch to it). A trial of a sweep on
+   a constant-lr trunk (``schedule.name: wsd``) kept its trunk: its run *continues* that trunk from
+   the trial's last epoch and cools down at the end, instead of starting again (``--from-scratch``:
+   start again; a trunk whose config differs from the promoted one, e.g. after ``--set
+   data.train_limit=null``, is trained from scratch and says so). Early stopping on
    the validation split (``--patience``/``--min-delta``; default: the trial's own), checkpoints
    on and ``train.test`` on. ``--seeds S`` runs each config S times with seeds
    ``trial seed + 0 .. S-1`` (seed offset 0 is the trial's own seed, so ``--seeds 1`` retrains
@@ -20,7 +24,10 @@ Short sweep trials pick candidates; promotion gives the honest answer:
    tag ``vitsweep.source_run_id`` = the source trial's MLflow run), per-epoch metrics
    (step = epoch), params, ``checkpoint/best.pt``, ``evaluation/confusion_matrix.{csv,png}``, the
    model (``mlflow.pytorch.log_model``) registered as a version of ``vitsweep-<study>``; the best
-   version on the leaderboard gets the alias ``champion``.
+   version on the leaderboard gets the alias ``champion``, and its full trainer config is written
+   to ``<out>/<study>/champion.yaml`` (``vitsweep train champion.yaml`` retrains it).
+5. **Fidelity in plain sight**: each config's sweep value sits beside its promoted value, and the
+   summary says whether the sweep's order held (Spearman's rank correlation).
 
 Resumable: ``result.json`` marks a finished run (it is neither retrained nor re-evaluated); an
 unfinished run continues from its ``last.pt``; its MLflow run (found by the tag
@@ -39,23 +46,28 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pandas as pd
+import yaml
 
 from vitsweep import console
 from vitsweep.train.config import Config, flatten
-from vitsweep.errors import VitsweepError
-from vitsweep.models.evaluate import plot_confusion, write_confusion_csv
-from vitsweep.paths import PROMOTE_DIR, redact, storage_url, tracking_uri as resolve_tracking
-from vitsweep.promote.results import (RESULT_FILE, RunRecord, format_leaderboard, leaderboard, pct,
+from vitsweep.errors import VitsweepError, one_line
+from vitsweep.trained.evaluate import plot_confusion, write_confusion_csv
+from vitsweep.paths import PROMOTE_DIR, atomic_write, redact, storage_url, tracking_uri as resolve_tracking
+from vitsweep.promote.results import (RESULT_FILE, RunRecord, fidelity_line, format_leaderboard, leaderboard, pct,
                                       write_leaderboard)
 from vitsweep.promote.select import Candidate, Selection, choose_study, select_trials
 from vitsweep.sweep.locks import exclusive
-from vitsweep.sweep.study import sweep_of
 from vitsweep.tracking.client import check_tracking_server
 from vitsweep.tracking.registry import Promotion
-from vitsweep.tracking.tags import CHAMPION, TAG_RUN_DIR, TAG_SEED, TAG_SOURCE, TAG_STOP, TAG_TRIAL
-from vitsweep.train.loop import RESUMABLE_CHANGES, TrainResult, train
+from vitsweep.tracking.tags import (CHAMPION, TAG_CONFIG, TAG_EPOCHS, TAG_MIN_DELTA, TAG_NOTE, TAG_PATIENCE, TAG_PICKED,
+                                    TAG_RUN_DIR, TAG_SEED, TAG_SEEDS, TAG_SOURCE, TAG_STOP, TAG_SWEEP_VALUE, TAG_TOP,
+                                    TAG_TRIAL)
+from vitsweep.train.checkpoint import CONTINUE_CHANGES, RESUMABLE_CHANGES, check_resumable, load_checkpoint
+from vitsweep.train.config import build_config
+from vitsweep.train.loop import TrainResult, train
 
 DEFAULT_OUT = PROMOTE_DIR
+CHAMPION_FILE = "champion.yaml"
 Out = Callable[[str], None]
 EpochHook = Callable[[str, int, dict[str, float]], None]
 
@@ -71,7 +83,8 @@ def promoted_config(c: Candidate, epochs: int, seed_offset: int, patience: int |
     """The trial's config at full length; ``overrides`` (``--set``, e.g. ``data.train_limit=null``
     to promote on the full data after a sweep on a subset) apply first, promote's own keys last."""
     dotted: dict[str, Any] = {**(overrides or {}), "train.epochs": epochs, "train.test": True,
-                              "train.checkpoint": True, "train.seed": c.config.train.seed + seed_offset}
+                              "train.checkpoint": True, "train.seed": c.config.train.seed + seed_offset,
+                              "schedule.horizon": None, "schedule.branches": []}  # the cooldown at the end
     if patience is not None:
         dotted["train.patience"] = patience
     if min_delta is not None:
@@ -110,12 +123,14 @@ class _Plan:
     out: Out
     hook: EpochHook | None
     overrides: dict[str, Any] = field(default_factory=dict)
+    from_scratch: bool = False
 
 
 def promote(*, top: int, epochs: int, study: str | None = None, storage: str | None = None,
             tracking_uri: str | None = None, patience: int | None = None, min_delta: float | None = None,
             seeds: int = 1, out_dir: str | Path = DEFAULT_OUT, out: Out = console.say,
-            on_epoch: EpochHook | None = None, overrides: dict[str, Any] | None = None) -> PromoteResult:
+            on_epoch: EpochHook | None = None, overrides: dict[str, Any] | None = None,
+            from_scratch: bool = False) -> PromoteResult:
     """``vitsweep promote``. ``on_epoch(run_name, epoch, metrics)`` is called after each epoch is
     recorded (tests interrupt a run from it). ``overrides``: ``--set`` keys for every promoted run."""
     t0 = time.perf_counter()
@@ -139,13 +154,12 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
     root.mkdir(parents=True, exist_ok=True)
     with exclusive(root / ".lock", f"another vitsweep promote is running for study {sel.study} ({root}/.lock); "
                                    f"wait for it to finish"):
-        sweep = sweep_of(st)
+        sweep = sel.sweep
         ml = Promotion(uri, sweep.tracking.experiment or sel.study, sweep.tracking.artifacts, sel.study)
-        ml.start_parent({"vitsweep.top": str(top), "vitsweep.epochs": str(epochs), "vitsweep.seeds": str(seeds),
-                         "vitsweep.patience": str(patience), "vitsweep.min_delta": str(min_delta),
-                         "vitsweep.picked_trials": ",".join(str(c.number) for c in sel.picked),
-                         "mlflow.note.content": "\n".join(sel.lines)})
-        plan = _Plan(sel, epochs, seeds, patience, min_delta, root, ml, out, on_epoch, overrides)
+        ml.start_parent({TAG_TOP: str(top), TAG_EPOCHS: str(epochs), TAG_SEEDS: str(seeds),
+                         TAG_PATIENCE: str(patience), TAG_MIN_DELTA: str(min_delta),
+                         TAG_PICKED: ",".join(str(c.number) for c in sel.picked), TAG_NOTE: "\n".join(sel.lines)})
+        plan = _Plan(sel, epochs, seeds, patience, min_delta, root, ml, out, on_epoch, overrides, from_scratch)
         limit = max(limits - {None}, default=None)
         out(f"promoting {len(sel.picked)} config(s) x {seeds} seed(s) = {len(sel.picked) * seeds} run(s), up to "
             f"{epochs} epochs" + (f" or {limit:.0f} s of training" if limit else "") + " each"
@@ -154,6 +168,7 @@ def promote(*, top: int, epochs: int, study: str | None = None, storage: str | N
         records, trained, skipped, board, files = _run_all(plan)
         out("")
         out(format_leaderboard(board, sel.study, sel.metric))
+        out(fidelity_line(board, sel.metric, sel.direction))
         for f in files.values():
             out(f"wrote {f}")
         top = board.iloc[0] if len(board) else None  # ranked by validation accuracy
@@ -193,6 +208,8 @@ def _run_all(p: _Plan) -> tuple[list[RunRecord], list[str], list[str], pd.DataFr
         board = leaderboard(records, p.sel.picked, p.sel.metric)
         files = write_leaderboard(board, records, p.root, p.sel.study, p.sel.metric)
         _crown(p, board, records)
+        if len(board):
+            files["champion"] = write_champion(p.root, board, records)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -217,13 +234,29 @@ def _crown(p: _Plan, board: pd.DataFrame, records: list[RunRecord]) -> None:
                   f"has the alias '{CHAMPION}'")
 
 
+def write_champion(root: Path, board: pd.DataFrame, records: list[RunRecord]) -> Path:
+    """The champion's full trainer config (the best-validating seed of the config on top of the
+    leaderboard), runnable as is: ``vitsweep train champion.yaml``."""
+    champion = int(board.iloc[0]["trial"])
+    best = max((r for r in records if r.trial == champion), key=lambda r: r.best_val_acc)
+    path = root / CHAMPION_FILE
+    header = (f"# The champion of study {best.study}: trial {best.trial} seed {best.seed}, best validation accuracy "
+              f"{best.best_val_acc:.2%}" + (f", test {best.test_acc:.2%}" if best.test_acc is not None else "")
+              + (f" (continued from the trial's trunk at epoch {best.continued_from})" if best.continued_from else "")
+              + f".\n# Retrain it: vitsweep train {path}\n")
+    cfg = build_config(best.config, source=str(path))
+    atomic_write(path, lambda tmp: tmp.write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    return path
+
+
 def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bool]:
     """Train (or resume, or skip when finished) one config and seed: (its record, trained now)."""
     cfg = promoted_config(c, p.epochs, s, p.patience, p.min_delta, p.overrides)
     seed = cfg.train.seed
     name = f"trial{c.number}-seed{seed}"
     run_dir = p.root / name
-    key = run_key(cfg)
+    trunk = _trunk_for(p, c, s, cfg, prefix)
+    key = run_key(cfg) + ("-continued" if trunk else "")
     _claim(run_dir, key, cfg)
     result_file = run_dir / RESULT_FILE
     fresh = not result_file.is_file() and not (run_dir / "last.pt").is_file()
@@ -237,7 +270,9 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
             _publish(p.ml, run_id, rec, run_dir)
         return rec, False
 
-    p.out(f"{prefix}{'resuming' if (run_dir / 'last.pt').is_file() else 'training'} {c.describe} in {run_dir}")
+    how = ("resuming" if (run_dir / "last.pt").is_file() else
+           f"continuing trial {c.number}'s trunk from epoch {_epoch_of(trunk)}" if trunk else "training")
+    p.out(f"{prefix}{how} {c.describe} in {run_dir}")
     p.ml.set_running(run_id)
     live = console.LiveLine()  # on a terminal, the epochs between two printed lines show here
     show = console.epoch_line(p.epochs, prefix, every=max(1, p.epochs // 20),  # ~20 lines a run, not 200
@@ -251,7 +286,7 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
 
     with _ending_run_on_error(p.ml, run_id, "interrupted (Ctrl-C); run the same command again to resume"):
         with live:
-            r = train(cfg, on_epoch, run_dir=run_dir, resume=True)
+            r = train(cfg, on_epoch, run_dir=run_dir, resume=True, continue_from=trunk)
     with _ending_run_on_error(p.ml, run_id, "interrupted while recording; run the same command again to finish"):
         rec = _record(p.sel, c, seed, cfg, key, r, run_id, run_dir)
         rec.save(result_file)
@@ -262,8 +297,26 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
     return rec, True
 
 
+def _trunk_for(p: _Plan, c: Candidate, s: int, cfg: Config, prefix: str) -> Path | None:
+    """The trial's trunk this run continues: the trial's own seed, not --from-scratch, and a trunk
+    whose config differs from the promoted one only in length (else from scratch, said why)."""
+    if p.from_scratch or s != 0 or c.trunk is None:
+        return None
+    try:
+        check_resumable(cfg, load_checkpoint(c.trunk), c.trunk.parent, CONTINUE_CHANGES)
+    except VitsweepError as e:
+        p.out(f"{prefix}trial {c.number}'s trunk cannot be continued ({str(e).split('(', 1)[-1].rstrip(');')}); "
+              f"training from scratch")
+        return None
+    return c.trunk
+
+
+def _epoch_of(trunk: Path) -> int:
+    return int(load_checkpoint(trunk)["state"]["epoch"])
+
+
 def _run_tags(c: Candidate, run_dir: Path) -> dict[str, str]:
-    tags = {TAG_RUN_DIR: str(run_dir), "vitsweep.sweep_value": f"{c.value:.6g}", "vitsweep.config": c.describe}
+    tags = {TAG_RUN_DIR: str(run_dir), TAG_SWEEP_VALUE: f"{c.value:.6g}", TAG_CONFIG: c.describe}
     if c.source_run_id:
         tags[TAG_SOURCE] = c.source_run_id
     return tags
@@ -280,7 +333,7 @@ def _record(sel: Selection, c: Candidate, seed: int, cfg: Config, key: str, r: T
         per_class_acc=list(test.per_class_acc) if test else [], confusion=test.confusion if test else [],
         classes=list(r.classes), history=[dict(h) for h in r.history],
         train_time_s=round(sum(float(h.get("epoch_time", 0.0)) for h in r.history), 3), key=key,
-        config=cfg.to_dict(), mlflow_run_id=run_id, run_dir=str(run_dir))
+        config=cfg.to_dict(), mlflow_run_id=run_id, run_dir=str(run_dir), continued_from=r.continued_from)
     if test is not None:
         write_confusion_csv(test.confusion, rec.classes, run_dir / "confusion_matrix.csv")
         with contextlib.suppress(Exception):  # a picture is a nicety; the CSV is the record
@@ -304,7 +357,7 @@ def _ending_run_on_error(ml: Promotion, run_id: str | None, interrupted: str) ->
         ml.end(run_id, "KILLED", interrupted)
         raise
     except BaseException as e:
-        ml.end(run_id, "FAILED", f"{type(e).__name__}: {' '.join(str(e).split())}")
+        ml.end(run_id, "FAILED", f"{type(e).__name__}: {one_line(e)}")
         raise
 
 

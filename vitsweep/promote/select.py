@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -16,12 +17,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep.paths import redact
 from vitsweep.train.config import Config
-from vitsweep.errors import VitsweepError
+from vitsweep.errors import VitsweepError, one_line
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import latest_study, load_study, open_storage
 from vitsweep.sweep.study import sweep_of, trial_config
-from vitsweep.sweep.trials import REASON_ATTR, describe_counts, fmt_metric, state_counts
-from vitsweep.tracking.tags import RUN_ATTR
+from vitsweep.sweep.trials import describe_counts, state_counts
+from vitsweep.sweep.spec import SweepConfig
+from vitsweep.tracking.tags import REASON_ATTR, RUN_ATTR, RUN_DIR_ATTR
+from vitsweep.train.checkpoint import LAST
+from vitsweep.units import fmt_metric
 
 
 def choose_study(name: str | None, storage: str, out: Callable[[str], None]) -> optuna.Study:
@@ -41,6 +45,7 @@ class Candidate:
     params: dict[str, Any]
     config: Config  # the trial's exact trainer config
     source_run_id: str | None
+    trunk: Path | None = None  # the trial's kept last.pt (a constant-lr trunk promote can continue)
 
     @property
     def describe(self) -> str:
@@ -54,6 +59,7 @@ class Selection:
     direction: str
     picked: list[Candidate]
     lines: list[str]  # every trial's line: the promotion run's MLflow note keeps them all
+    sweep: SweepConfig  # the sweep the study ran (parsed once)
 
     def terminal_lines(self, shown: int = 3) -> list[str]:
         """:attr:`lines` for a terminal: pruned trials in one line, the first ``shown`` trials
@@ -80,7 +86,8 @@ def select_trials(study: optuna.Study, top: int) -> Selection:
     what was skipped, and why. Raises VitsweepError when there are fewer than ``top``."""
     if top < 1:
         raise VitsweepError(f"--top {top}: must be >= 1")
-    metric, direction = sweep_of(study).study.metric, study.direction.name.lower()
+    sweep = sweep_of(study)
+    metric, direction = sweep.study.metric, study.direction.name.lower()
     maximize = direction == "maximize"
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
@@ -91,7 +98,7 @@ def select_trials(study: optuna.Study, top: int) -> Selection:
         raise VitsweepError(f"study {study.study_name} has no completed trials ({have}); nothing to promote. "
                             f"Run (or continue) the sweep until some trials complete")
     ordered = sorted(complete, key=lambda t: ((-t.value if maximize else t.value), t.number))
-    unique = _distinct(study, ordered, metric, lines)
+    unique = _distinct(sweep, ordered, metric, lines)
     if top > len(unique):
         listing = ", ".join(str(t.number) for t, _ in unique) or "none"
         raise VitsweepError(f"--top {top}: study {study.study_name} has only {len(unique)} completed trial(s) "
@@ -108,10 +115,18 @@ def select_trials(study: optuna.Study, top: int) -> Selection:
         if ties:
             why += f"; tied with trial(s) {', '.join(map(str, ties))}, the lower trial number ranks first"
         lines.insert(len(picked), f"picked trial {t.number} ({why}): {describe_params(t.params)}")
-        picked.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, t.user_attrs.get(RUN_ATTR)))
+        picked.append(Candidate(rank, t.number, float(t.value), dict(t.params), cfg, t.user_attrs.get(RUN_ATTR),
+                                _trunk(t)))
     lines.insert(0, f"selection from study {study.study_name}: {len(complete)} completed of {len(trials)} trial(s), "
                     f"{metric} {direction}d, top {top}")
-    return Selection(study.study_name, metric, direction, picked, lines)
+    return Selection(study.study_name, metric, direction, picked, lines, sweep)
+
+
+def _trunk(t: FrozenTrial) -> Path | None:
+    """The trunk checkpoint a complete trial left, if any (wsd sweeps keep it)."""
+    folder = t.user_attrs.get(RUN_DIR_ATTR)
+    path = Path(folder) / LAST if folder else None
+    return path if path is not None and path.is_file() else None
 
 
 def _skipped(t: FrozenTrial, usable: bool) -> str:
@@ -127,16 +142,16 @@ def _skipped(t: FrozenTrial, usable: bool) -> str:
     return ""
 
 
-def _distinct(study: optuna.Study, ordered: list[FrozenTrial], metric: str,
+def _distinct(sweep: SweepConfig, ordered: list[FrozenTrial], metric: str,
               lines: list[str]) -> list[tuple[FrozenTrial, Config]]:
     """The trials in rank order with their configs, less those whose config a better one has."""
     unique: list[tuple[FrozenTrial, Config]] = []
     seen: dict[str, int] = {}
     for t in ordered:
         try:
-            cfg = trial_config(study, t)
+            cfg = trial_config(sweep, t)
         except VitsweepError as e:
-            lines.append(f"skipped trial {t.number}: its config cannot be rebuilt ({' '.join(str(e).split())})")
+            lines.append(f"skipped trial {t.number}: its config cannot be rebuilt ({one_line(e)})")
             continue
         key = json.dumps(cfg.to_dict(), sort_keys=True)
         if key in seen:

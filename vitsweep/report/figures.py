@@ -11,6 +11,9 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
+from vitsweep.errors import one_line
+from vitsweep.tracking.tags import FLOPS_ATTR
+
 PRUNED_COLOR, COMPLETE_COLOR, FAIL_COLOR = "#d62728", "#1f77b4", "#7f7f7f"
 
 
@@ -34,7 +37,7 @@ def figure_section(key: str, title: str, make: Callable[[], Any], empty_note: st
             warnings.simplefilter("ignore")
             fig = make()
     except Exception as e:  # noqa: BLE001 - a tiny or odd study must not stop the report
-        return Section(key, title, note=f"not shown: {type(e).__name__}: {' '.join(str(e).split())}")
+        return Section(key, title, note=f"not shown: {type(e).__name__}: {one_line(e)}")
     if _empty(fig):
         return Section(key, title, note=empty_note)
     fig.update_layout(template="plotly_white")
@@ -80,18 +83,6 @@ def intermediate_figure(study: optuna.Study, metric: str, trial_epochs: int, run
     return fig
 
 
-def hyperband_rungs(pruner: Any, trial_epochs: int) -> list[int]:
-    """Epochs where a Hyperband bracket may prune (``min_resource * eta**k`` below the max)."""
-    if getattr(pruner, "name", None) != "hyperband":
-        return []
-    r, eta = max(1, int(pruner.min_resource)), max(2, int(pruner.reduction_factor))
-    out = []
-    while r < trial_epochs:
-        out.append(r)
-        r *= eta
-    return out
-
-
 def compute_figure(study: optuna.Study, trial_epochs: int) -> Any:
     fig = go.Figure()
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED,
@@ -114,7 +105,7 @@ def compute_figure(study: optuna.Study, trial_epochs: int) -> Any:
     return fig
 
 
-def best_vs_compute_figure(study: optuna.Study, metric: str, flops_attr: str = "flops") -> Any:
+def best_vs_compute_figure(study: optuna.Study, metric: str, flops_attr: str = FLOPS_ATTR) -> Any:
     """Best value so far against the training compute spent so far (trials in the order they
     ended; each trial's FLOPs estimate as its trainer recorded it, pruned and failed trials too)."""
     ended = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None

@@ -29,15 +29,18 @@ from optuna.trial import TrialState
 from vitsweep import console
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, is_http, redact, storage_url, tracking_uri as resolve_tracking
-from vitsweep.promote.results import read_promotion, val_curves_figure
+from vitsweep.promote.results import fidelity_line, read_promotion, val_curves_figure
 from vitsweep.report.compute import ComputeSpent, compute_spent
-from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section, hyperband_rungs,
+from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section,
                                      intermediate_figure)
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import load_study
+from vitsweep.sweep.pruners import rungs as pruner_rungs
 from vitsweep.sweep.study import sweep_of
-from vitsweep.sweep.trials import FLOPS_ATTR, describe_counts, fmt_metric, metric_of, state_counts, trials_table
+from vitsweep.sweep.trials import describe_counts, metric_of, state_counts, trials_table
+from vitsweep.tracking.tags import FLOPS_ATTR
+from vitsweep.units import fmt_metric
 from vitsweep.tracking.artifacts import log_report
 from vitsweep.tracking.client import check_tracking_server
 from vitsweep.tracking.tags import REPORT_ARTIFACT_DIR
@@ -73,6 +76,9 @@ def build_sections(study: optuna.Study, promote_dir: Path, runs_url: str | None 
     promo = _promotion_section(promote_dir, study.study_name)
     if promo is not None:
         sections.append(promo)
+        fidelity = _fidelity_section(promote_dir, study.study_name, metric, study.direction.name.lower())
+        if fidelity is not None:
+            sections.append(fidelity)
     return sections, cs, promo is not None, _header(study, sweep, cs)
 
 
@@ -82,7 +88,7 @@ def _study_sections(study: optuna.Study, sweep: SweepConfig) -> list[Section]:
     vis = optuna.visualization
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     no_complete = "no completed trial yet"
-    rungs = hyperband_rungs(sweep.pruner, epochs)
+    rungs = pruner_rungs(sweep)
     sections = [
         figure_section("history", "Optimization history",
                        lambda: vis.plot_optimization_history(study, target_name=metric), no_complete),
@@ -150,6 +156,23 @@ def _promotion_section(promote_dir: Path, study_name: str) -> Section | None:
     return sec
 
 
+def _fidelity_section(promote_dir: Path, study_name: str, metric: str, direction: str) -> Section | None:
+    """Each promoted config's sweep value against its value at full length, and whether the order held."""
+    board = read_promotion(promote_dir, study_name).leaderboard
+    col = f"sweep_{metric}"
+    if board is None or col not in board or not len(board):
+        return None
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=list(board[col]), y=list(board["best_val_acc_mean"]), mode="markers+text",
+                               text=[f"trial {int(t)}" for t in board["trial"]], textposition="top center"))
+    fig.update_layout(title="Fidelity: the sweep's value against the promoted run's", template="plotly_white",
+                      xaxis_title=f"sweep {metric}", yaxis_title="promoted best validation accuracy",
+                      yaxis_tickformat=".1%", xaxis_tickformat=".1%" if "acc" in metric else None)
+    return Section("fidelity", "Fidelity: did the sweep's order hold at full length?", figure=fig,
+                   note=fidelity_line(board, metric, direction))
+
+
 def _header(study: optuna.Study, sweep: SweepConfig, cs: ComputeSpent) -> str:
     trials = study.get_trials(deepcopy=False)
     try:
@@ -161,8 +184,6 @@ def _header(study: optuna.Study, sweep: SweepConfig, cs: ComputeSpent) -> str:
     p = sweep.pruner
     if p.name == "hyperband":
         pruner = f"pruner hyperband (min_resource {p.min_resource}, reduction_factor {p.reduction_factor})"
-    elif p.name == "none" and cs.pruned:
-        pruner = "pruner not recorded with the study"  # the stored sweep keeps no pruner settings
     else:
         pruner = f"pruner {p.name}"
     return (f"<p>{len(trials)} trials ({describe_counts(state_counts(trials))}); "

@@ -1,9 +1,10 @@
-"""Locks: the study-wide budget lock, and the one-invocation-at-a-time lock of a folder.
+"""Locks on a store: ``store_lock(url, name)`` is a PostgreSQL session-level advisory lock
+(``pg_advisory_lock``, on a connection of its own: workers on any number of hosts) or, for SQLite,
+a file lock beside the database (one machine; ``vitsweep.paths.FileLock``, the one file lock).
 
-``budget_lock(url, study)`` is held from "is there budget left?" until the new trial is RUNNING.
-PostgreSQL: a session-level advisory lock (``pg_advisory_lock``) on a connection of its own, so
-workers on any number of hosts never start more than ``n_trials`` trials. SQLite: a file lock
-beside the database (one machine). Both are context managers (``with budget_lock(...) as lock``
+``budget_lock(url, study)`` is the study-wide one, held from "is there budget left?" until the new
+trial is RUNNING (so workers never start more than ``n_trials``); the stores' schema creation
+takes ``store_lock(url, "__optuna_schema__")``. Both are context managers (``with budget_lock(...) as lock``
 closes it) and ``lock.holding()`` holds it for a block; ``release`` may end the hold early and is
 idempotent.
 """
@@ -11,9 +12,7 @@ idempotent.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +21,7 @@ import sqlalchemy
 from sqlalchemy.pool import NullPool
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import is_postgres, sqlite_path
+from vitsweep.paths import FileLock, is_grpc, is_postgres, sqlite_path
 from vitsweep.sweep.retry import with_retries
 
 
@@ -53,32 +52,26 @@ class _Lock:
         self.close()
 
 
-class FileBudgetLock(_Lock):
-    """A file lock (workers on one machine, SQLite)."""
+class FileStoreLock(_Lock):
+    """A file lock beside a SQLite database (workers on one machine)."""
 
-    def __init__(self, url: str, study: str):
+    def __init__(self, url: str, name: str):
         db = sqlite_path(url)
         if db is not None:
-            path = db.with_name(f"{db.name}.{study}.lock")
+            path = db.with_name(f"{db.name}.{name}.lock")
         else:
-            digest = hashlib.sha1(f"{url}|{study}".encode()).hexdigest()[:16]
+            digest = hashlib.sha1(f"{url}|{name}".encode()).hexdigest()[:16]
             path = Path(tempfile.gettempdir()) / f"vitsweep-{digest}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        self.held = False
+        self.file = FileLock(path)
 
     def acquire(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        self.held = True
+        self.file.acquire()
 
     def release(self) -> None:
-        if self.held:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            self.held = False
+        self.file.release()
 
     def close(self) -> None:
-        self.release()
-        os.close(self.fd)
+        self.file.close()
 
 
 def advisory_key(study: str) -> int:
@@ -86,14 +79,14 @@ def advisory_key(study: str) -> int:
     return int.from_bytes(hashlib.sha1(f"vitsweep:{study}".encode()).digest()[:8], "big", signed=True)
 
 
-class PgBudgetLock(_Lock):
+class PgStoreLock(_Lock):
     """A PostgreSQL session-level advisory lock on a connection of its own (workers on any host).
     If the database restarts while it is held, the server drops it with the connection; acquiring
     again reconnects (with retries)."""
 
-    def __init__(self, url: str, study: str):
+    def __init__(self, url: str, name: str):
         self.engine = sqlalchemy.create_engine(url, poolclass=NullPool)
-        self.key = advisory_key(study)
+        self.key = advisory_key(name)
         self.conn: Any = None
         self.held = False
 
@@ -136,24 +129,31 @@ class PgBudgetLock(_Lock):
         self.engine.dispose()
 
 
-def budget_lock(url: str, study: str) -> FileBudgetLock | PgBudgetLock:
-    """The study's budget lock for the storage at ``url``; use it as ``with budget_lock(...) as lock:``
-    (closed on exit), and ``with lock.holding():`` around what must not run twice at once."""
-    return PgBudgetLock(url, study) if is_postgres(url) else FileBudgetLock(url, study)
+def store_lock(url: str, name: str) -> FileStoreLock | PgStoreLock:
+    """The lock ``name`` on the store at ``url``; use it as ``with store_lock(...) as lock:`` (closed
+    on exit), and ``with lock.holding():`` around what must not run twice at once. Through a storage
+    proxy (``grpc://``) the proxy holds it for this worker (vitsweep.sweep.proxy)."""
+    if is_grpc(url):
+        from vitsweep.sweep.proxy import ProxyBudgetLock
+
+        return ProxyBudgetLock(url, name)  # type: ignore[return-value]
+    return PgStoreLock(url, name) if is_postgres(url) else FileStoreLock(url, name)
+
+
+def budget_lock(url: str, study: str) -> FileStoreLock | PgStoreLock:
+    """The study's budget lock (see the module doc)."""
+    return store_lock(url, study)
 
 
 @contextlib.contextmanager
 def exclusive(path: Path, busy: str) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` for the block, or raise ``VitsweepError(busy)``
     at once when another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise VitsweepError(busy) from None
+    lock = FileLock(path)
+    if not lock.acquire(blocking=False):
+        lock.close()
+        raise VitsweepError(busy)
     try:
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        lock.close()

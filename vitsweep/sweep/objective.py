@@ -25,13 +25,15 @@ import optuna
 
 from vitsweep.train.config import Config
 from vitsweep import signals
-from vitsweep.errors import ConfigError, DataError
+from vitsweep.errors import ConfigError, DataError, one_line
 from vitsweep.sweep.resume import requeue, resume, retry_history
 from vitsweep.sweep.space import suggest
 from vitsweep.sweep.spec import SweepConfig
-from vitsweep.sweep.trials import FLOPS_ATTR, REASON_ATTR, fmt_metric
+from vitsweep.tracking.tags import FLOPS_ATTR, REASON_ATTR
+from vitsweep.units import fmt_metric
 from vitsweep.tracking.runs import Tracker
-from vitsweep.tracking.tags import RUN_ATTR
+from vitsweep.tracking.tags import RUN_ATTR, RUN_DIR_ATTR
+from vitsweep.train.checkpoint import BEST
 from vitsweep.train.loop import TrainResult
 
 # The training function a sweep runs: ``vitsweep.train.loop.train`` or anything with its signature.
@@ -57,22 +59,20 @@ class _Ending:
 
 
 class Objective:
-    """``study.optimize``'s objective. ``on_start`` is called as the trial begins (it is RUNNING in
-    storage then): the worker loop releases the budget lock there. ``device`` (the worker's place)
-    replaces the trials' ``train.device``. ``on_epoch(trial number, epoch, metrics)`` runs after
-    each epoch that was not pruned (the worker's live status line)."""
+    """The objective of a trial the worker loop asked for (``vitsweep.sweep.optimize.run_trial``).
+    ``device`` (the worker's place) replaces the trials' ``train.device``. ``on_epoch(trial number,
+    epoch, metrics)`` runs after each epoch that was not pruned (the worker's live status line)."""
 
     def __init__(self, sweep: SweepConfig, tracker: Tracker, parent: str | None, train_fn: TrainFn,
-                 on_start: Callable[[], None] = lambda: None, device: str | None = None,
+                 device: str | None = None,
                  on_epoch: Callable[[int, int, dict[str, float]], None] | None = None):
-        self.sweep, self.tracker, self.parent, self.train_fn, self.on_start = sweep, tracker, parent, train_fn, on_start
+        self.sweep, self.tracker, self.parent, self.train_fn = sweep, tracker, parent, train_fn
         self.on_epoch = on_epoch  # (trial number, epoch, metrics) after each epoch is reported: a live status
         self.device = device  # from the worker placement plan: replaces the trials' train.device
         self.metric = sweep.study.metric
         self.maximize = sweep.study.direction == "maximize"
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.on_start()
         end = _Ending()
         run_dir = Path(self.sweep.trials.dir) / self.sweep.study.name / str(trial.number)
         predecessors = retry_history(trial)  # a retried trial's earlier tries
@@ -98,16 +98,20 @@ class Objective:
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - out of memory, a trainer error...: record it and go on
-            end.reason = f"{type(e).__name__}: {_one_line(e)}"
+            end.reason = f"{type(e).__name__}: {one_line(e)}"
             if "out of memory" in str(e).lower():
-                end.reason = f"out of memory: {_one_line(e)}"
+                end.reason = f"out of memory: {one_line(e)}"
             trial.set_user_attr(REASON_ATTR, end.reason)
             raise TrialFailed(end.reason) from e
         finally:
             if not self.sweep.trials.keep_checkpoints and not requeued:
-                # The trial has ended: its checkpoints go, and those of the earlier tries it resumed.
-                for d in [run_dir, *(run_dir.parent / str(n) for n in predecessors)]:
+                # The trial has ended: its checkpoints go, and those of the earlier tries it resumed;
+                # a complete trial on a constant-lr trunk keeps its last.pt (promote continues it).
+                keep_trunk = end.state == "COMPLETE" and bool(self.sweep.base.schedule.branches)
+                for d in [*([] if keep_trunk else [run_dir]), *(run_dir.parent / str(n) for n in predecessors)]:
                     shutil.rmtree(d, ignore_errors=True)
+                if keep_trunk:
+                    (run_dir / BEST).unlink(missing_ok=True)
             with contextlib.suppress(Exception):
                 if end.flops and not requeued:  # compute spent, for the report's best-vs-compute plot
                     trial.set_user_attr(FLOPS_ATTR, end.flops)
@@ -146,7 +150,7 @@ class Objective:
             end.train_s = time.perf_counter() - t_train
         if result.stop_reason == "diverged":
             raise TrialFailed(f"diverged: non-finite loss at epoch {result.epochs_run}")
-        values = [float(h[self.metric]) for h in result.history if math.isfinite(float(h[self.metric]))]
+        values = [v for h in result.history if math.isfinite(v := reported(h, self.metric))]
         if not values:
             raise TrialFailed(f"no finite {self.metric} was measured")
         end.value = max(values) if self.maximize else min(values)
@@ -162,11 +166,11 @@ class Objective:
             end.run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, None, trial.params)
             if end.run_id:
                 trial.set_user_attr(RUN_ATTR, end.run_id)
-            raise TrialFailed(f"bad sampled combination: {_one_line(e)}") from None
+            raise TrialFailed(f"bad sampled combination: {one_line(e)}") from None
         if self.device is not None:
             config = config.replace(**{"train.device": self.device})
         end.run_id = self.tracker.start_trial(self.parent, sweep.study.name, trial.number, config, trial.params)
-        attrs: dict[str, Any] = {"run_dir": str(run_dir)} if config.train.checkpoint else {}
+        attrs: dict[str, Any] = {RUN_DIR_ATTR: str(run_dir)} if config.train.checkpoint else {}
         if end.run_id:
             attrs[RUN_ATTR] = end.run_id
         for k, v in attrs.items():
@@ -178,7 +182,7 @@ class Objective:
         metric, epochs = self.metric, config.train.epochs
 
         def report(epoch: int, m: dict[str, float], resumed: bool = False) -> None:
-            v = float(m[metric])
+            v = reported(m, metric)
             end.flops = float(m.get("flops", end.flops))
             if not math.isfinite(v):
                 return  # the trainer returns "diverged" right after this epoch
@@ -192,5 +196,7 @@ class Objective:
         return report
 
 
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
+def reported(m: dict[str, float], metric: str) -> float:
+    """The value a trial reports for an epoch: a cooldown branch's (a finished model's) where the
+    epoch has one, else the trunk's."""
+    return float(m.get(f"cooldown_{metric}", m[metric]))

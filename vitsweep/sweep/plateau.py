@@ -12,9 +12,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from vitsweep.sweep.trials import fmt_metric
-
-STOPPED_ATTR = "vitsweep_stopped"  # why the study stopped early (a plateau), once it has
+from vitsweep.tracking.tags import STOPPED_ATTR
+from vitsweep.units import fmt_metric
 
 
 def plateau_reason(study: optuna.Study, patience: int, min_delta: float, metric: str) -> str | None:

@@ -13,13 +13,15 @@ from optuna.trial import TrialState
 from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.errors import VitsweepError
 from vitsweep.tracking.runs import Tracker
-from vitsweep.tracking.tags import RUN_ATTR
+from vitsweep.tracking.tags import (FAILED_TRIAL_SYSATTR, RESUMED_FROM_ATTR, RESUMED_FROM_EPOCH_ATTR, RETRY_HISTORY_SYSATTR,
+                                    RETRY_OF_ATTR, RUN_ATTR, RUN_DIR_ATTR, TAG_RESUMED_FROM_EPOCH, TAG_RESUMED_FROM_TRIAL,
+                                    TAG_RETRY_OF, TAG_RETRY_OF_RUN)
 
 
 def retry_history(trial: optuna.Trial) -> list[int]:
     """The numbers of a running trial's earlier tries (empty for a first try)."""
     # optuna.Trial has no public accessor for a running trial's system attrs
-    return list(trial.storage.get_trial_system_attrs(trial._trial_id).get("retry_history", []))
+    return list(trial.storage.get_trial_system_attrs(trial._trial_id).get(RETRY_HISTORY_SYSATTR, []))
 
 
 def requeue(trial: optuna.Trial) -> None:
@@ -27,7 +29,7 @@ def requeue(trial: optuna.Trial) -> None:
     history = [*retry_history(trial), trial.number]
     trial.study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={"failed_trial": history[0], "retry_history": history}))
+        system_attrs={FAILED_TRIAL_SYSATTR: history[0], RETRY_HISTORY_SYSATTR: history}))
 
 
 def resume(trial: optuna.Trial, run_dir: Path, tracker: Tracker, run_id: str | None,
@@ -40,11 +42,11 @@ def resume(trial: optuna.Trial, run_dir: Path, tracker: Tracker, run_id: str | N
         return None
     by_number = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
     previous = predecessors[-1]
-    tags = {"vitsweep.retry_of": str(previous)}
+    tags = {TAG_RETRY_OF: str(previous)}
     prev_run = by_number[previous].user_attrs.get(RUN_ATTR) if previous in by_number else None
     if prev_run:
-        tags["vitsweep.retry_of_run"] = prev_run
-    trial.set_user_attr("retry_of", previous)
+        tags[TAG_RETRY_OF_RUN] = prev_run
+    trial.set_user_attr(RETRY_OF_ATTR, previous)
     history: list[dict[str, float]] | None = None
     for n in reversed(predecessors):  # the latest try that left a checkpoint
         src, state = _checkpoint_of(by_number.get(n), run_dir.parent / str(n))
@@ -54,21 +56,21 @@ def resume(trial: optuna.Trial, run_dir: Path, tracker: Tracker, run_id: str | N
             shutil.rmtree(run_dir)
         shutil.copytree(src, run_dir)
         history = [dict(m) for m in state["history"]]
-        trial.set_user_attr("resumed_from_epoch", int(state["epoch"]))
-        trial.set_user_attr("resumed_from", str(src))
-        tags["vitsweep.resumed_from_epoch"] = str(int(state["epoch"]))
-        tags["vitsweep.resumed_from_trial"] = str(n)
+        trial.set_user_attr(RESUMED_FROM_EPOCH_ATTR, int(state["epoch"]))
+        trial.set_user_attr(RESUMED_FROM_ATTR, str(src))
+        tags[TAG_RESUMED_FROM_EPOCH] = str(int(state["epoch"]))
+        tags[TAG_RESUMED_FROM_TRIAL] = str(n)
         break
     else:
-        trial.set_user_attr("resumed_from_epoch", 0)
-        tags["vitsweep.resumed_from_epoch"] = "0"
+        trial.set_user_attr(RESUMED_FROM_EPOCH_ATTR, 0)
+        tags[TAG_RESUMED_FROM_EPOCH] = "0"
     tracker.set_tags(run_id, tags)
     return history or None
 
 
 def _checkpoint_of(t: optuna.trial.FrozenTrial | None, default: Path) -> tuple[Path, dict[str, Any] | None]:
     """An earlier try's run folder and the trainer state in its ``last.pt`` (None: none usable)."""
-    src = Path(t.user_attrs["run_dir"]) if t is not None and "run_dir" in t.user_attrs else default
+    src = Path(t.user_attrs[RUN_DIR_ATTR]) if t is not None and RUN_DIR_ATTR in t.user_attrs else default
     if not (src / "last.pt").is_file():
         return src, None
     try:

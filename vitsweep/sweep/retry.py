@@ -16,6 +16,8 @@ from typing import Any, Callable, TypeVar
 import optuna
 import sqlalchemy.exc as sa_exc
 
+from vitsweep.errors import one_line
+
 T = TypeVar("T")
 
 # Retries on transient database errors: 0.5 s, 1 s, 2 s, 4 s, then 8 s until about a minute in all.
@@ -63,7 +65,7 @@ def with_retries(fn: Callable[..., T], what: str) -> Callable[..., T]:
                 if attempt >= RETRY_ATTEMPTS or not is_transient(e):
                     raise
                 delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** attempt) * random.uniform(0.8, 1.2)
-                first = " ".join(str(e).split())[:160]
+                first = one_line(e, 160)
                 print(f"warning: database unavailable during {what} ({first}); retry {attempt + 1}/"
                       f"{RETRY_ATTEMPTS} in {delay:.1f}s", flush=True)
                 time.sleep(delay)

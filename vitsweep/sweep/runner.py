@@ -23,12 +23,12 @@ from vitsweep.errors import ConfigError
 from vitsweep.paths import is_http, redact
 from vitsweep.sweep.objective import TrainFn
 from vitsweep.sweep import placement, plateau
-from vitsweep.sweep.optimize import device_override, worker, worker_process
+from vitsweep.sweep.optimize import Stores, device_override, worker, worker_process
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
-from vitsweep.sweep.storage import open_storage
-from vitsweep.sweep.study import check_storable, set_up, sweep_tracker
-from vitsweep.sweep.trials import budget, describe_counts, fmt_metric, metric_of, state_counts
+from vitsweep.sweep.study import check_storable, set_up
+from vitsweep.sweep.trials import budget, describe_counts, metric_of, state_counts
+from vitsweep.units import fmt_metric
 from vitsweep.tracking.client import check_tracking_server, runs_url
 from vitsweep.tracking.tags import TAG_STOP
 from vitsweep.train.data import load_data
@@ -63,8 +63,8 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     check_storable(sweep)
     check_tracking_server(sweep.tracking.uri)
     load_data(sweep.base.data)  # memoized: a one-worker sweep on a CPU trains on this very copy
-    tracker = sweep_tracker(sweep)
-    storage = open_storage(sweep.storage.url, create=True)
+    stores = Stores.open(sweep)  # the one in-process worker uses these too
+    tracker, storage = stores.tracker, stores.storage
     study, parent = set_up(sweep, storage, tracker)
     finished, running, waiting = budget(study)
     left = max(waiting, sweep.study.n_trials - finished - running)
@@ -83,7 +83,8 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     stop: KeyboardInterrupt | None = None
     try:
         if workers == 1:
-            worker(sweep, 0, parent, out, device=device_override(placements[0], sweep), train_fn=train_fn)
+            worker(sweep, 0, parent, out, device=device_override(placements[0], sweep), train_fn=train_fn,
+                   stores=stores)
         else:
             _fan_out(sweep, placements, parent, out, train_fn)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trials are re-queued; end the parent run

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vitsweep.inputs import brief, brief_list, is_finite
-from vitsweep.train.config import DEFAULT_BETAS, SECTION_TYPES, Config, coerce, config_keys, unknown_key
+from vitsweep.schema import coerce, unknown_key
+from vitsweep.train.config import DEFAULT_BETAS, SECTIONS, Config, config_keys
 
 if TYPE_CHECKING:  # a type only: spec imports this module to parse the space
     from vitsweep.sweep.spec import SweepConfig
@@ -41,6 +42,19 @@ class Param:
     def key(self) -> str:
         """The config key without an index: ``optimizer.betas`` for ``optimizer.betas[0]``."""
         return self.path.split("[")[0]
+
+    def to_spec(self) -> dict[str, Any]:
+        """The sweep file's entry for this param (``parse_space`` reads it back to an equal Param)."""
+        spec: dict[str, Any] = {"path": self.path, "type": self.kind}
+        if self.kind == "categorical":
+            spec["choices"] = list(self.choices)
+        else:
+            spec.update(low=self.low, high=self.high, log=self.log)
+            if self.step is not None:
+                spec["step"] = self.step
+        if self.when:
+            spec["when"] = {name: list(vals) for name, vals in self.when}
+        return spec
 
     @property
     def index(self) -> int | None:
@@ -150,7 +164,7 @@ def parse_space(raw: Any, errors: list[str]) -> tuple[Param, ...]:
         errors.append(f"space: expected a mapping of parameter name -> spec, got {type(raw).__name__}")
         return ()
     hints = {f"{s}.{f.name}": typing.get_type_hints(cls)[f.name]
-             for s, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)}
+             for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     params: list[Param] = []
     whens: dict[str, Any] = {}
     paths: dict[str, str] = {}
@@ -182,9 +196,9 @@ def check_grid(space: tuple[Param, ...], errors: list[str]) -> None:
     """What the grid sampler cannot search."""
     for p in space:
         if p.kind == "float" and p.step is None:
-            errors.append(f"space.{p.name}: the grid sampler needs a step (or choices) for floats")
+            errors.append(f"space.{brief(p.name, plain=True)}: the grid sampler needs a step (or choices) for floats")
         if p.when:
-            errors.append(f"space.{p.name}.when: the grid sampler does not support conditional params")
+            errors.append(f"space.{brief(p.name, plain=True)}.when: the grid sampler does not support conditional params")
 
 
 def _path(spec: dict[str, Any], where: str, hints: dict[str, Any], paths: dict[str, str], name: Any,
@@ -301,7 +315,7 @@ def _ordered(params: list[Param], whens: dict[str, Any], errors: list[str]) -> t
         if p in ordered:
             return
         if p.name in visiting:
-            errors.append(f"space.{p.name}.when: conditions form a cycle")
+            errors.append(f"space.{brief(p.name, plain=True)}.when: conditions form a cycle")
             return
         visiting.add(p.name)
         for dep, _ in p.when:

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from vitsweep.train.config import Config, build_config, coerce, read_yaml, unknown_key
 from vitsweep.errors import ConfigError
-from vitsweep.inputs import brief, brief_path, error_list
+from vitsweep.inputs import brief, brief_path
+from vitsweep.schema import build_section, format_errors, unknown_key
+from vitsweep.sweep.pruners import PRUNERS
+from vitsweep.sweep.samplers import SAMPLERS
+from vitsweep.train.config import Config, build_config, read_yaml
+from vitsweep.train.schedules import SCHEDULES
 from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR, check_url,
                             storage_url, tracking_uri)
 from vitsweep.sweep.space import Param, check_grid, parse_space
@@ -57,7 +61,7 @@ class StudySpec:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    name: str = "tpe"  # tpe | random | grid
+    name: Literal[tuple(SAMPLERS)] = "tpe"  # vitsweep.sweep.samplers.SAMPLERS
     n_startup_trials: int = 10  # TPE: random trials first, counted per Hyperband bracket
     multivariate: bool = True
     group: bool = True  # TPE: model conditional sub-spaces separately (needs multivariate)
@@ -66,7 +70,7 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class PrunerSpec:
-    name: str = "hyperband"  # hyperband | median | none
+    name: Literal[tuple(PRUNERS)] = "hyperband"  # vitsweep.sweep.pruners.PRUNERS
     min_resource: int = 1  # hyperband: epochs before the first rung
     reduction_factor: int = 3  # hyperband: keep the best 1/eta at each rung
     bootstrap_count: int = 0
@@ -111,6 +115,14 @@ class SweepConfig:
     def epochs(self) -> int:
         return self.base.train.epochs
 
+    def to_dict(self) -> dict[str, Any]:
+        """The sweep as a sweep file's mapping: ``build_sweep(s.to_dict()) == s`` (what a study
+        stores is what is parsed back). JSON-safe."""
+        raw: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _SPECS}
+        raw["trainer"] = self.base.to_dict()
+        raw["space"] = {p.name: p.to_spec() for p in self.space}
+        return json.loads(json.dumps(raw))
+
     def with_overrides(self, *, n_trials: int | None = None, timeout: float | None = None,
                        storage: str | None = None, tracking_uri: str | None = None) -> SweepConfig:
         """Command-line options over the file's values (validated like the file)."""
@@ -143,7 +155,8 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     return build_sweep(raw, source=str(p), base_dir=p.parent, overrides=overrides)
 
 
-_TOP = ("study", "sampler", "pruner", "storage", "tracking", "trials", "base", "trainer", "space")
+_SPECS = ("study", "sampler", "pruner", "storage", "tracking", "trials")
+_TOP = (*_SPECS, "base", "trainer", "space")
 
 
 def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | None = None,
@@ -181,11 +194,30 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
         errors.append(f"pruner.min_resource = {pruner.min_resource}: must not exceed the trials' "
                       f"trainer.train.epochs ({base_cfg.train.epochs})")
 
+    if base_cfg is not None and pruner is not None and SCHEDULES[base_cfg.schedule.name].branches:
+        base_cfg = _rung_branches(base_cfg, pruner, errors)
     if errors:
-        raise ConfigError(error_list(f"invalid sweep ({brief_path(source)})", errors))
+        raise ConfigError(format_errors(f"invalid sweep ({brief_path(source)})", errors))
     assert study and sampler and pruner and storage and tracking and trials and base_cfg
     return SweepConfig(study=study, sampler=sampler, pruner=pruner, storage=storage, tracking=tracking,
                        trials=trials, base=base_cfg, space=space, source=source)
+
+
+def _rung_branches(base: Config, pruner: PrunerSpec, errors: list[str]) -> Config:
+    """A sweep on a constant-lr trunk (``schedule.name: wsd``): a cooldown branch at every epoch where
+    the pruner compares trials and at the last, so that each reported value is a finished model's;
+    the trunk itself never cools down within a trial (its horizon is the promoted run's), so that
+    ``vitsweep promote`` continues it."""
+    epochs, sc = base.train.epochs, base.schedule
+    if sc.horizon is None or sc.horizon <= epochs:
+        errors.append(f"trainer.schedule.horizon = {sc.horizon}: a {sc.name} sweep's trials are the start of the "
+                      f"promoted run; set it to the epochs promotion will train (more than the trials' "
+                      f"train.epochs = {epochs}), e.g. {max(epochs * 4, epochs + 1)}")
+        return base
+    if sc.branches:
+        return base
+    branches = sorted({*PRUNERS[pruner.name].rungs(pruner, epochs), epochs})
+    return base.replace(**{"schedule.branches": branches})
 
 
 def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner: PrunerSpec | None,
@@ -210,15 +242,11 @@ def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner
         if not (0 <= study.min_delta < float("inf")):
             errors.append(f"study.min_delta = {study.min_delta}: must be >= 0")
     if sampler is not None:
-        if sampler.name not in ("tpe", "random", "grid"):
-            errors.append(f"sampler.name = {brief(sampler.name)}: unknown sampler; must be tpe, random or grid")
         if sampler.n_startup_trials < 0:
             errors.append(f"sampler.n_startup_trials = {sampler.n_startup_trials}: must be >= 0")
         if sampler.group and not sampler.multivariate:
             errors.append("sampler.group = true needs sampler.multivariate = true")
     if pruner is not None:
-        if pruner.name not in ("hyperband", "median", "none"):
-            errors.append(f"pruner.name = {brief(pruner.name)}: unknown pruner; must be hyperband, median or none")
         if pruner.min_resource < 1:
             errors.append(f"pruner.min_resource = {pruner.min_resource}: must be >= 1 epoch")
         if pruner.reduction_factor < 2:
@@ -274,22 +302,11 @@ def _mapping(raw: dict[str, Any], key: str, errors: list[str]) -> dict[str, Any]
 
 
 def _section(name: str, cls: type, given: dict[str, Any], errors: list[str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
+    """A sweep section, or None when any of its keys is bad (listed in ``errors``)."""
     n0 = len(errors)
-    for k, v in given.items():
-        if k not in fields:
-            extra = "; max_resource is always the trials' train.epochs" if (name, k) == ("pruner", "max_resource") else ""
-            errors.append(unknown_key(f"{name}.{k}", [f"{name}.{f}" for f in fields]) + extra)
-            continue
-        try:
-            kwargs[k] = coerce(v, hints[k])
-        except ValueError as e:
-            errors.append(f"{name}.{k} = {brief(v)}: {e}")
-    if len(errors) > n0:
-        return None
-    return cls(**kwargs)
+    notes = {"max_resource": "; max_resource is always the trials' train.epochs"} if name == "pruner" else None
+    section = build_section(name, cls, given, errors, notes)
+    return section if len(errors) == n0 else None
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

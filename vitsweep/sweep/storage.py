@@ -23,9 +23,9 @@ import sqlalchemy.exc as sa_exc
 from optuna.exceptions import ExperimentalWarning
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import (BUSY_TIMEOUT_S, is_postgres, missing_driver, prepare_sqlite, redact, sqlite_path,
+from vitsweep.paths import (BUSY_TIMEOUT_S, is_grpc, is_postgres, missing_driver, prepare_sqlite, redact, sqlite_path,
                             sqlite_tables, storage_url)
-from vitsweep.sweep.locks import FileBudgetLock, PgBudgetLock
+from vitsweep.sweep.locks import store_lock
 from vitsweep.sweep.retry import POOL, RetryingRDBStorage, with_retries
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -118,18 +118,25 @@ def make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
         raise
 
 
+SCHEMA_LOCK = "__optuna_schema__"  # workers creating a new store's tables take turns under it
+
+
 def _make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    if is_grpc(url):  # a vitsweep storage-proxy: no database connection here
+        from vitsweep.sweep.proxy import proxy_storage
+
+        return proxy_storage(url, **kwargs)  # type: ignore[return-value]
     if is_postgres(url):
         check_reachable(url)
         # Optuna creates its tables on first use: workers starting together on a new database would
         # race (CREATE TYPE ... duplicate key), so they take turns under an advisory lock.
-        with PgBudgetLock(url, "__optuna_schema__") as lock, lock.holding():
+        with store_lock(url, SCHEMA_LOCK) as lock, lock.holding():
             return with_retries(RetryingRDBStorage, "connect")(url, engine_kwargs=dict(POOL), **kwargs)
     if not url.startswith("sqlite"):
         return optuna.storages.RDBStorage(url, **kwargs)
     # The same race on a new SQLite file ("table ... already exists"): processes take turns under a
     # file lock beside it.
-    with FileBudgetLock(url, "__optuna_schema__") as lock, lock.holding():
+    with store_lock(url, SCHEMA_LOCK) as lock, lock.holding():
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}},
                                              **kwargs)
     # WAL (set on the file by prepare_sqlite) with synchronous=NORMAL: a commit no longer waits for

@@ -14,10 +14,8 @@ from vitsweep.errors import VitsweepError
 from vitsweep.paths import redact
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import load_study
-from vitsweep.tracking.tags import RUN_ATTR
-
-REASON_ATTR = "fail_reason"  # a failed (or interrupted) trial's reason, in its user attrs
-FLOPS_ATTR = "flops"  # a trial's training compute (FLOPs estimate), set as it ends
+from vitsweep.tracking.tags import REASON_ATTR, RETRY_HISTORY_SYSATTR, RUN_ATTR, SWEEP_ATTR
+from vitsweep.units import fmt_metric
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -39,20 +37,12 @@ def budget(study: optuna.Study) -> tuple[int, int, int]:
     """(finished trials that count, running, waiting). A failed trial that was re-queued does not
     count: its retry does."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = {n for t in trials for n in t.system_attrs.get(RETRY_HISTORY_SYSATTR, [])}
     finished = sum(1 for t in trials if t.state in BUDGET_STATES
                    and not (t.state == TrialState.FAIL and t.number in retried))
     running = sum(1 for t in trials if t.state == TrialState.RUNNING)
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
     return finished, running, waiting
-
-
-def fmt_metric(value: float | None, metric: str) -> str:
-    """A metric as vitsweep shows it everywhere: accuracies (``*acc*``, in [0, 1]) in percent with
-    two decimals, anything else with four significant decimals; ``-`` when there is none."""
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return f"{value:.2%}" if "acc" in metric else f"{value:.4f}"
 
 
 def trial_line(t: FrozenTrial, metric: str, epochs: int) -> str:
@@ -84,7 +74,7 @@ def metric_of(study: optuna.Study) -> str:
     names = study.metric_names
     if names:
         return names[0]
-    return (study.user_attrs.get("vitsweep_sweep") or {}).get("study", {}).get("metric", "value")
+    return (study.user_attrs.get(SWEEP_ATTR) or {}).get("study", {}).get("metric", "value")
 
 
 def _minutes(seconds: float) -> str:
@@ -96,7 +86,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     trials = study.get_trials(deepcopy=False)
     retried_as = {}
     for t in trials:
-        hist = t.system_attrs.get("retry_history", [])
+        hist = t.system_attrs.get(RETRY_HISTORY_SYSATTR, [])
         if hist:
             retried_as[hist[-1]] = t.number
     names = list(dict.fromkeys(k for t in trials for k in t.params))

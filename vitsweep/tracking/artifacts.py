@@ -14,7 +14,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from vitsweep.errors import VitsweepError
+from vitsweep.errors import VitsweepError, first_line, one_line
 from vitsweep.paths import MLFLOW_CACHE_DIR, redact, sqlite_path, tracking_off
 from vitsweep.tracking.client import quiet
 from vitsweep.tracking.tags import CHECKPOINT_ARTIFACT, PARENT_ATTR, REPORT_ARTIFACT_DIR
@@ -29,10 +29,6 @@ def log_checkpoint(client: Any, run_id: str, path: str | Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(p, Path(tmp) / "best.pt")
         client.log_artifact(run_id, str(Path(tmp) / "best.pt"), artifact_path="checkpoint")
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).splitlines()[0][:200] if str(e) else "no detail"
 
 
 def download_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> Path:
@@ -50,17 +46,17 @@ def download_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> Path:
             run = client.get_run(run_id)
         except MlflowException as e:
             raise VitsweepError(f"{run_id!r} is not a checkpoint file, nor a run in the MLflow store {redact(uri)} "
-                                f"({str(e).splitlines()[0][:200]}); {hint}") from None
+                                f"({first_line(e)}); {hint}") from None
         except Exception as e:  # unreachable server, bad URI
             raise VitsweepError(f"cannot look up run {run_id} in the MLflow store {redact(uri)} ({type(e).__name__}: "
-                                f"{_first_line(e)}); {hint}") from None
+                                f"{first_line(e)}); {hint}") from None
         out = Path(dst) if dst is not None else MLFLOW_CACHE_DIR / run.info.run_id
         out.mkdir(parents=True, exist_ok=True)
         try:
             return Path(client.download_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT, str(out)))
         except Exception as e:
             raise VitsweepError(f"run {run_id} ({run.info.run_name or 'unnamed'}) in {redact(uri)} has no {CHECKPOINT_ARTIFACT} "
-                                f"artifact ({type(e).__name__}: {_first_line(e)}). "
+                                f"artifact ({type(e).__name__}: {first_line(e)}). "
                                 f"A sweep's trial runs keep no checkpoint (unless the sweep file sets "
                                 f"trials.keep_checkpoints: true); promoted runs do: run vitsweep promote "
                                 f"and evaluate one of its runs, or give a checkpoint path "
@@ -85,5 +81,5 @@ def log_report(path: Path, study_name: str, study_attrs: dict[str, Any], uri: st
             client.log_artifact(parent, str(path), artifact_path=REPORT_ARTIFACT_DIR)
         return parent, None
     except Exception as e:  # noqa: BLE001 - the file is written; tracking is a bonus
-        msg = " ".join(str(e).split())[:300]
+        msg = one_line(e, 300)
         return None, f"could not log the report to MLflow run {parent} at {redact(uri)}: {type(e).__name__}: {msg}"

@@ -9,7 +9,6 @@ requests fail at once instead of retrying for minutes; on exit everything is as 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import is_http, missing_driver, prepare_sqlite, redact, sqlite_path
+from vitsweep.paths import FileLock, is_http, missing_driver, prepare_sqlite, redact, sqlite_path
 from vitsweep.tracking.tags import TAG_STATE
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
@@ -92,13 +91,8 @@ def _schema_lock(uri: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.__mlflow_schema__.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with FileLock(f"{path}.__mlflow_schema__.lock"):
+        yield
 
 
 def open_client(uri: str) -> MlflowClient:

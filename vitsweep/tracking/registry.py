@@ -21,12 +21,13 @@ import torch
 from mlflow.models import infer_signature
 
 from vitsweep.train.config import Config
-from vitsweep.train.loop import load_model
+from vitsweep.train.checkpoint import load_model
 from vitsweep.tracking.artifacts import log_checkpoint
 from vitsweep.tracking.client import quiet
 from vitsweep.tracking.runs import Tracker, metrics_at, params_of
 from vitsweep.tracking.tags import (CHAMPION, KIND_PARENT, KIND_RUN, TAG_KEY, TAG_KIND, TAG_PARENT, TAG_PUBLISHED,
-                                    TAG_REASON, TAG_SEED, TAG_STOP, TAG_STUDY, TAG_TRIAL, hardware_tags)
+                                    TAG_PREVIOUS_PARENT, TAG_REASON, TAG_SEED, TAG_STOP, TAG_STUDY, TAG_TRIAL)
+from vitsweep.tracking.runs import hardware_tags
 
 
 class Promotion:
@@ -107,7 +108,7 @@ class Promotion:
         if self.parent and old_parent != self.parent:
             self.client.set_tag(rid, TAG_PARENT, self.parent)
             if old_parent:
-                self.client.set_tag(rid, "vitsweep.previous_parent_run_id", old_parent)
+                self.client.set_tag(rid, TAG_PREVIOUS_PARENT, old_parent)
         published = run.data.tags.get(TAG_PUBLISHED) == "true" and run.info.status == "FINISHED"
         return rid, published
 

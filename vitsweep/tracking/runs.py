@@ -8,6 +8,7 @@ KILLED pruned, FAILED failed) and into the tags ``vitsweep.trial_state`` / ``vit
 
 from __future__ import annotations
 
+import platform
 import queue
 import threading
 import time
@@ -20,7 +21,22 @@ from vitsweep.train.config import Config
 from vitsweep.paths import tracking_off
 from vitsweep.tracking.client import VIEW_TAG, experiment_id, open_client, runs_view
 from vitsweep.tracking.tags import (KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_PARENT, TAG_REASON,
-                                    TAG_STATE, TAG_STUDY, TAG_TRIAL, hardware_tags)
+                                    TAG_STATE, TAG_STUDY, TAG_TRIAL)
+
+
+def hardware_tags(device: str | None) -> dict[str, str]:
+    """torch and Python versions, host, and the device a run trains on."""
+    import torch
+
+    from vitsweep.train.device import device_name, resolve_device
+
+    tags = {"torch.version": torch.__version__, "python.version": platform.python_version(),
+            "host": platform.node()}
+    try:
+        tags["hardware.device"] = device_name(resolve_device(device or "auto"))
+    except Exception:  # noqa: BLE001 - a tag must never fail a trial
+        tags["hardware.device"] = str(device)
+    return tags
 
 
 def metrics_at(metrics: dict[str, float], step: int = 0) -> list[Metric]:

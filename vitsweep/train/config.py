@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,8 +16,11 @@ from typing import Any, Literal
 import yaml
 
 from vitsweep.errors import ConfigError
-from vitsweep.inputs import brief, brief_path, error_list, is_finite, load_yaml, read_text
+from vitsweep.inputs import brief, brief_path, load_yaml, read_text
 from vitsweep.paths import CACHE_DIR, DATA_ROOT
+from vitsweep.schema import build_section, format_errors, unknown_key
+from vitsweep.train.optimizers import DEFAULT_BETAS, OPTIMIZERS
+from vitsweep.train.schedules import COOLDOWN_SHAPES, SCHEDULES
 
 # ---------------------------------------------------------------------------------------------
 # Sections
@@ -66,17 +66,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "custom": {},
 }
 
-# Default betas in each optimizer's own convention (see README, "Adan's betas").
-DEFAULT_BETAS: dict[str, tuple[float, ...]] = {
-    "adan": (0.02, 0.08, 0.01),  # adan-pytorch / the paper: m = (1-b1) m + b1 g
-    "adamw": (0.9, 0.999),
-    "adam": (0.9, 0.999),
-}
-
-
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: Literal["adan", "adamw", "adam"] = "adamw"
+    name: Literal[tuple(OPTIMIZERS)] = "adamw"  # vitsweep.train.optimizers.OPTIMIZERS
     lr: float = 1e-3
     # Adan: three betas in adan-pytorch's (paper) convention, e.g. (0.02, 0.08, 0.01);
     # Adam/AdamW: two, e.g. (0.9, 0.999). Left out: the optimizer's default.
@@ -88,8 +80,17 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    warmup_epochs: float = 1.0  # linear warmup, then cosine decay to min_lr_ratio * lr
+    name: Literal[tuple(SCHEDULES)] = "cosine"  # the lr after the warmup: vitsweep.train.schedules.SCHEDULES
+    warmup_epochs: float = 1.0  # linear warmup, then the schedule's decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.01
+    # The run length (epochs) the lr and resolution schedules are sized to; null: train.epochs. A run
+    # shorter than its horizon is the start of the longer run (a trial that promote continues).
+    horizon: int | None = None
+    cooldown: float = 0.2  # wsd: the final decay's share of the horizon, and a branch's of the steps so far
+    cooldown_shape: Literal[tuple(COOLDOWN_SHAPES)] = "1-sqrt"
+    # wsd: after each of these epochs, a copy of the model cools down and is validated
+    # (cooldown_val_acc); the trunk goes on untouched
+    branches: tuple[int, ...] = ()
     # The run's length that the schedules follow: train.epochs, or train.time_limit seconds of wall
     # time (the lr and resolution schedules then stretch to the time budget; warmup is the same
     # fraction of the run as warmup_epochs / epochs).
@@ -165,7 +166,7 @@ class Config:
         return build_config(self.to_dict(), dotted)
 
 
-_SECTION_TYPES = {
+SECTIONS = {
     "data": DataConfig,
     "model": ModelConfig,
     "optimizer": OptimizerConfig,
@@ -177,7 +178,7 @@ _SECTION_TYPES = {
 
 def config_keys() -> list[str]:
     """Every dotted key a config has, e.g. ``optimizer.lr``."""
-    return [f"{s}.{f.name}" for s, cls in _SECTION_TYPES.items() for f in dataclasses.fields(cls)]
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,12 +225,12 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections")
     for key in raw:
-        if key not in _SECTION_TYPES:
-            errors.append(_unknown(str(key), list(_SECTION_TYPES)))
+        if key not in SECTIONS:
+            errors.append(unknown_key(str(key), list(SECTIONS)))
     for key, value in (overrides or {}).items():
         section, _, name = key.partition(".")
-        if section not in _SECTION_TYPES or not name:
-            errors.append(_unknown(key, config_keys()))
+        if section not in SECTIONS or not name:
+            errors.append(unknown_key(key, config_keys()))
             continue
         sec = raw.setdefault(section, {})
         if not isinstance(sec, dict):
@@ -237,10 +238,10 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
             continue
         sec[name] = value
     if errors:
-        raise ConfigError(_format(source, errors))
+        raise ConfigError(format_errors(f"invalid config ({brief_path(source)})", errors))
 
     sections: dict[str, Any] = {}
-    for section, cls in _SECTION_TYPES.items():
+    for section, cls in SECTIONS.items():
         given = raw.get(section) or {}
         if not isinstance(given, dict):
             errors.append(f"{section}: expected a mapping, got {brief(given)}")
@@ -252,185 +253,27 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
             name = given.get("name", OptimizerConfig.name)
             if name in DEFAULT_BETAS:
                 given["betas"] = DEFAULT_BETAS[name]
-        sections[section] = _build_section(section, cls, given, errors)
-    if len(sections) == len(_SECTION_TYPES):
+        sections[section] = build_section(section, cls, given, errors) or cls()
+    if len(sections) == len(SECTIONS):
+        from vitsweep.train.checks import check_config
+
         cfg = Config(**sections)  # fields that failed to parse hold their defaults here
         bad_keys = {msg.split(" ", 1)[0] for msg in errors}
-        errors.extend(msg for msg in _check(cfg) if msg.split(" ", 1)[0] not in bad_keys)
+        errors.extend(msg for msg in check_config(cfg) if msg.split(" ", 1)[0] not in bad_keys)
         if not errors:
             return cfg
-    raise ConfigError(_format(source, errors))
+    raise ConfigError(format_errors(f"invalid config ({brief_path(source)})", errors))
 
 
 def _apply_preset(given: dict[str, Any], errors: list[str]) -> dict[str, Any]:
     preset = given.get("preset", ModelConfig.preset)
     if preset not in MODEL_PRESETS:
-        return given  # reported as a bad literal by _build_section
+        return given  # reported as a bad literal by build_section
     return {**MODEL_PRESETS[preset], **given}
-
-
-def _build_section(section: str, cls: type, given: dict[str, Any], errors: list[str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in given.items():
-        if key not in names:
-            errors.append(_unknown(f"{section}.{key}", [f"{section}.{n}" for n in names]))
-            continue
-        try:
-            kwargs[key] = _coerce(value, hints[key])
-        except ValueError as e:
-            errors.append(f"{section}.{key} = {brief(value)}: {e}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - guarded by the name check above
-        errors.append(f"{section}: {e}")
-        return cls()
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0])
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"must be one of {', '.join(map(str, args))}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in re.split(r"[,\s]+", value.strip("()[] ")) if v]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError("must be a list of numbers, e.g. [0.9, 0.999]")
-        return tuple(_coerce(v, args[0]) for v in value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError("must be true or false")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ValueError("must be an integer")
-        if abs(value) >= 2**63:
-            raise ValueError("must be an integer between -2**63 and 2**63 - 1")
-        return value
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError("must be a number")
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError("must be a number") from None
-        if not is_finite(value):
-            raise ValueError("must be a finite number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError("must be a string")
-        return value
-    raise ValueError(f"unsupported type {hint}")  # pragma: no cover
-
-
-# One function on purpose: a flat list of independent range checks, one line each, is easier to
-# scan and extend than the same checks spread over helpers.
-def _check(cfg: Config) -> list[str]:
-    """Cross-field and range checks; each message names the key and what is allowed."""
-    e: list[str] = []
-    d, m, o, s, a, t = cfg.data, cfg.model, cfg.optimizer, cfg.schedule, cfg.augment, cfg.train
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            e.append(msg)
-
-    need(d.image_size >= 1, f"data.image_size = {d.image_size}: must be >= 1")
-    need(d.val_size >= 1, f"data.val_size = {d.val_size}: must be >= 1 (trials and early stopping need it)")
-    need(d.train_limit is None or d.train_limit >= 1, f"data.train_limit = {d.train_limit}: must be >= 1 or null")
-    need(d.test_limit is None or d.test_limit >= 1, f"data.test_limit = {d.test_limit}: must be >= 1 or null")
-    need(d.synthetic_classes >= 2, f"data.synthetic_classes = {d.synthetic_classes}: must be >= 2")
-    need(d.synthetic_train > d.val_size or d.source != "synthetic",
-         f"data.synthetic_train = {d.synthetic_train}: must exceed data.val_size ({d.val_size})")
-    need(d.synthetic_test >= 1, f"data.synthetic_test = {d.synthetic_test}: must be >= 1")
-
-    if m.patch_size < 1 or d.image_size % m.patch_size:
-        divisors = [p for p in range(1, d.image_size + 1) if d.image_size % p == 0]
-        e.append(f"model.patch_size = {m.patch_size}: must divide data.image_size ({d.image_size}); "
-                 f"allowed: {', '.join(map(str, divisors))}")
-    need(m.dim >= 1, f"model.dim = {m.dim}: must be >= 1")
-    need(m.depth >= 1, f"model.depth = {m.depth}: must be >= 1")
-    if m.heads < 1 or m.dim % m.heads:
-        divisors = [h for h in range(1, min(m.dim, 64) + 1) if m.dim % h == 0]
-        e.append(f"model.heads = {m.heads}: must divide model.dim ({m.dim}); allowed: {', '.join(map(str, divisors))}")
-    need(m.mlp_ratio > 0, f"model.mlp_ratio = {m.mlp_ratio}: must be > 0")
-    for k in ("dropout", "attn_dropout", "drop_path", "patch_dropout"):
-        v = getattr(m, k)
-        need(0 <= v < 1, f"model.{k} = {v}: must be in [0, 1)")
-
-    need(o.lr > 0, f"optimizer.lr = {o.lr}: must be > 0")
-    need(o.eps > 0, f"optimizer.eps = {o.eps}: must be > 0")
-    need(o.weight_decay >= 0, f"optimizer.weight_decay = {o.weight_decay}: must be >= 0")
-    need(o.grad_clip is None or o.grad_clip > 0, f"optimizer.grad_clip = {o.grad_clip}: must be > 0 or null")
-    n_betas = len(DEFAULT_BETAS[o.name])
-    if o.betas is None or len(o.betas) != n_betas:
-        e.append(f"optimizer.betas = {brief(list(o.betas or []))}: {o.name} takes {n_betas} betas, "
-                 f"e.g. {list(DEFAULT_BETAS[o.name])}")
-    elif not all(0 < b < 1 for b in o.betas):
-        e.append(f"optimizer.betas = {brief(list(o.betas))}: each beta must be in (0, 1)")
-
-    need(s.warmup_epochs >= 0, f"schedule.warmup_epochs = {s.warmup_epochs}: must be >= 0")
-    need(not s.by_time or t.time_limit is not None,
-         "schedule.by_time = true: needs train.time_limit (the seconds the schedules stretch over)")
-    if s.res_start is not None:
-        need(m.patch_size <= s.res_start <= d.image_size and s.res_start % m.patch_size == 0,
-             f"schedule.res_start = {s.res_start}: must be a multiple of model.patch_size ({m.patch_size}) "
-             f"in [{m.patch_size}, data.image_size ({d.image_size})], or null (off)")
-    need(0 < s.res_until <= 1, f"schedule.res_until = {s.res_until}: must be in (0, 1] (a fraction of the run)")
-    need(0 <= s.min_lr_ratio <= 1, f"schedule.min_lr_ratio = {s.min_lr_ratio}: must be in [0, 1]")
-
-    need(0 <= a.crop_padding <= d.image_size, f"augment.crop_padding = {a.crop_padding}: must be in [0, image_size]")
-    need(0 <= a.jitter < 1, f"augment.jitter = {a.jitter}: must be in [0, 1)")
-    need(0 <= a.rotation <= 180, f"augment.rotation = {a.rotation}: must be in [0, 180] degrees")
-    need(0 <= a.erasing <= 1, f"augment.erasing = {a.erasing}: must be in [0, 1]")
-    need(a.randaugment_ops >= 1, f"augment.randaugment_ops = {a.randaugment_ops}: must be >= 1")
-    need(0 <= a.randaugment_magnitude <= 30,
-         f"augment.randaugment_magnitude = {a.randaugment_magnitude}: must be in [0, 30]")
-    need(a.mixup >= 0, f"augment.mixup = {a.mixup}: must be >= 0 (0 disables)")
-    need(a.cutmix >= 0, f"augment.cutmix = {a.cutmix}: must be >= 0 (0 disables)")
-    need(0 <= a.label_smoothing < 1, f"augment.label_smoothing = {a.label_smoothing}: must be in [0, 1)")
-
-    need(t.epochs >= 1, f"train.epochs = {t.epochs}: must be >= 1")
-    need(t.batch_size >= 1, f"train.batch_size = {t.batch_size}: must be >= 1")
-    need(t.eval_batch_size >= 1, f"train.eval_batch_size = {t.eval_batch_size}: must be >= 1")
-    need(t.micro_batch is None or 1 <= t.micro_batch <= t.batch_size,
-         f"train.micro_batch = {t.micro_batch}: must be in [1, train.batch_size ({t.batch_size})] or null (auto)")
-    need(t.time_limit is None or t.time_limit > 0, f"train.time_limit = {t.time_limit}: must be > 0 seconds or null")
-    need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
-         f"train.device = {brief(t.device)}: must be one of auto, cpu, cuda, cuda:N, mps")
-    need(t.patience is None or t.patience >= 1, f"train.patience = {t.patience}: must be >= 1 or null")
-    need(t.min_delta >= 0, f"train.min_delta = {t.min_delta}: must be >= 0")
-    need(t.target_acc is None or 0 < t.target_acc <= 1,
-         f"train.target_acc = {t.target_acc}: must be in (0, 1] (a fraction, e.g. 0.8) or null")
-    return e
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _unknown(key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    section = key.partition(".")[0]
-    same = [k for k in allowed if k.startswith(section + ".")]
-    listing = ", ".join(same or allowed)
-    return f"unknown key {brief(key)}{hint} (allowed: {listing})"
-
-
-def _format(source: str, errors: list[str]) -> str:
-    return error_list(f"invalid config ({brief_path(source)})", errors)
 
 
 def _plain(obj: Any) -> Any:
@@ -467,7 +310,3 @@ def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-# The sweep-file parser (vitsweep.sweep.spec) validates its sections and searched values the same way.
-SECTION_TYPES = _SECTION_TYPES
-coerce = _coerce
-unknown_key = _unknown

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from vitsweep.train.config import DataConfig
-from vitsweep.errors import DataError, VitsweepWarning
+from vitsweep.errors import DataError, VitsweepWarning, first_line
 from vitsweep.paths import atomic_write
 
 @dataclass
@@ -158,7 +158,7 @@ def _cifar10(cfg: DataConfig) -> _Source:
     except Exception as e:  # offline download, corrupt archive, missing files
         raise DataError(
             f"data.source = cifar10: CIFAR-10 is not in data.root = {root} and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}).\n"
+            f"({type(e).__name__}: {first_line(e, 10_000)}).\n"
             f"  Fix: put torchvision's files there ({root}/cifar-10-batches-py/, from cifar-10-python.tar.gz), "
             f"or point vitsweep at class folders: --set data.source=imagefolder --set data.root=PATH "
             f"(PATH/train/<class>/*.png and PATH/test/<class>/*.png, e.g. ../shared/data/cifar10)."

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from vitsweep.train.config import Config
-from vitsweep.errors import VitsweepError
+from vitsweep.errors import VitsweepError, first_line
 from vitsweep.train.model import ViT
 from vitsweep.paths import tracking_uri as resolve_tracking
-from vitsweep.train.loop import load_model
+from vitsweep.train.checkpoint import load_model
 
 
 @dataclass
@@ -99,7 +99,7 @@ def load_ref(ref: str | Path, device: torch.device | str = "cpu", tracking_uri: 
         raise
     except Exception as e:  # a dict that has model/config but does not fit the ViT it describes
         raise VitsweepError(f"checkpoint {path} (from {ref}): cannot rebuild the model from it "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+                            f"({type(e).__name__}: {first_line(e, 300)})") from None
     is_path = Path(str(ref)).exists()
     name = ref_name(path) if is_path else str(ref).removeprefix("runs:/").split("/")[0]
     return Loaded(model=model, config=config, meta=meta, path=path, name=name, ref=str(ref))

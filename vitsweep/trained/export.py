@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from vitsweep.errors import VitsweepError
-from vitsweep.models.inference import Loaded, load_ref
+from vitsweep.errors import VitsweepError, first_line
+from vitsweep.trained.inference import Loaded, load_ref
 from vitsweep.paths import EXPORT_DIR
 
 FORMATS = ("onnx", "torchscript")
@@ -93,7 +93,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> No
         except TypeError:  # a torch without the dynamo switch: the legacy exporter is the only one
             torch.onnx.export(model, (example,), str(path), **kwargs)
         except Exception as e:
-            raise VitsweepError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+            raise VitsweepError(f"ONNX export failed ({type(e).__name__}: {first_line(e, 300)}); "
                                 f"try --format torchscript") from None
     try:
         import onnx
@@ -121,7 +121,7 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path
                 method = "script"
             except Exception as e:
                 raise VitsweepError(f"TorchScript export failed ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0][:300]}); try --format onnx") from None
+                                    f"{first_line(e, 300)}); try --format onnx") from None
         torch.jit.save(module, str(path))
     return method
 
