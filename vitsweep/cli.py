@@ -19,7 +19,10 @@ except ImportError:  # pragma: no cover - older typer: click itself
     from click.exceptions import UsageError
 
 from vitsweep import signals
+from vitsweep.cluster.commands import storage_proxy, submit_app
 from vitsweep.errors import VitsweepError, one_line, plain_warnings
+from vitsweep.options import (DeviceOption, ReadStorageOption, RefArgument, SetOption, StorageOption,
+                              SweepTrackingUriOption, ThreadsOption, TrackingUriOption)
 
 
 class _Group(TyperGroup):
@@ -116,14 +119,7 @@ def _root(
     evaluate, bench and export work on a trained model."""
 
 
-SetOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a config key: --set model.patch_size=8 (repeatable)."),
-]
 
-
-ThreadsOption = Annotated[Optional[int], typer.Option(
-    "--threads", help="CPU threads for torch [default: torch's choice, one per core].")]
 
 
 def _threads(threads: Optional[int]) -> None:
@@ -176,15 +172,7 @@ def train(
         raise typer.Exit(1)
 
 
-RefArgument = Annotated[str, typer.Argument(
-    metavar="RUN_ID_OR_CHECKPOINT", help="A checkpoint file (storage/runs/NAME/best.pt) or an MLflow run id.")]
-TrackingUriOption = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking store [default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]; "
-                           "'none': off.")]
-SweepTrackingUriOption = Annotated[Optional[str], typer.Option(  # run: the sweep file may name one
-    "--tracking-uri", help="MLflow tracking store [default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, "
-                           "else sqlite:///storage/mlflow.db]; 'none': off.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+
 
 
 @app.command()
@@ -248,15 +236,7 @@ def export(
     print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
 
 
-StorageOption = Annotated[
-    Optional[str],
-    typer.Option("--storage", help="Optuna storage URL [default: the sweep file's storage.url, else "
-                             "$VITSWEEP_STORAGE, else sqlite:///storage/optuna.db]."),
-]
-ReadStorageOption = Annotated[  # the commands that read a study: no sweep file
-    Optional[str],
-    typer.Option("--storage", help="Optuna storage URL [default: $VITSWEEP_STORAGE, else sqlite:///storage/optuna.db]."),
-]
+
 
 
 @app.command()
@@ -281,66 +261,6 @@ def run(
     from vitsweep.sweep.runner import run_sweep
 
     run_sweep(cfg, workers=workers)
-
-
-submit_app = typer.Typer(help="Submit a sweep's workers to a cluster's scheduler (Slurm).\n\n"
-                              "Example: vitsweep submit slurm sweeps/adan_betas.yaml --workers 8 --dry-run",
-                         no_args_is_help=True, rich_markup_mode=None)
-app.add_typer(submit_app, name="submit")
-
-
-@submit_app.command("slurm")
-def submit_slurm(
-    sweep: Annotated[Path, typer.Argument(help="Sweep YAML, e.g. sweeps/adan_betas.yaml.")],
-    workers: Annotated[int, typer.Option("--workers", help="Array tasks, each one `vitsweep run --workers 1`.")],
-    gpus_per_worker: Annotated[int, typer.Option("--gpus-per-worker", help="GPUs per task (--gres=gpu:N); 0: "
-                                                 "CPU only.")] = 0,
-    cpus_per_worker: Annotated[Optional[int], typer.Option("--cpus-per-worker", help="CPU cores per task "
-                               "(--cpus-per-task) [default: the cluster's].")] = None,
-    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition [default: the "
-                         "cluster's].")] = None,
-    time_limit: Annotated[Optional[str], typer.Option("--time", help="Time limit per task, HH:MM:SS [default: the "
-                          "partition's].")] = None,
-    requeue: Annotated[bool, typer.Option("--requeue", help="Let Slurm start a preempted task (or one on a failed "
-                                          "node) again; its trial resumes from its checkpoint.")] = False,
-    signal_before: Annotated[int, typer.Option("--signal-before", help="Seconds before the time limit to SIGTERM "
-                             "the worker (its trial is re-queued); 0: only Slurm's own.")] = 120,
-    storage: StorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off) "
-                            "[default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI].")] = None,
-    allow_sqlite: Annotated[bool, typer.Option("--allow-sqlite", help="Accept sqlite:/// stores (their folder is on "
-                                               "a filesystem every node mounts).")] = False,
-    sbatch: Annotated[Optional[list[str]], typer.Option("--sbatch", help="Another #SBATCH option, e.g. "
-                      "--sbatch=--account=proj (repeatable).")] = None,
-    set_: SetOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job script; write and submit nothing.")] = False,
-) -> None:
-    """Run a sweep's workers as one Slurm job array (a plain sbatch script, shown with --dry-run).
-
-    Example: vitsweep submit slurm sweeps/adan_betas.yaml --workers 8 --gpus-per-worker 1 --time 04:00:00"""
-    from vitsweep.cluster.slurm import Request, submit
-
-    submit(Request(sweep=sweep, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                   partition=partition, time=time_limit, requeue=requeue, signal_before=signal_before,
-                   allow_sqlite=allow_sqlite, storage=storage, tracking_uri=tracking_uri, sbatch=tuple(sbatch or ()),
-                   set_=tuple(set_ or ())), dry_run=dry_run)
-
-
-@app.command("storage-proxy")
-def storage_proxy(
-    storage: ReadStorageOption = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 13000,
-    threads: Annotated[int, typer.Option("--threads", help="Threads serving storage calls (each may hold one "
-                                         "database connection).")] = 16,
-) -> None:
-    """Serve the sweep storage to workers through Optuna's gRPC storage proxy (--storage grpc://HOST:PORT).
-
-    Example: vitsweep storage-proxy --storage postgresql://USER@DBHOST/optuna --host 0.0.0.0"""
-    from vitsweep.paths import storage_url
-    from vitsweep.sweep.proxy import serve
-
-    serve(storage_url(storage), host, port, threads)
 
 
 @app.command()
@@ -456,6 +376,10 @@ def ui(
     from vitsweep.servers import ui as serve
 
     raise typer.Exit(serve(resolve_tracking(tracking_uri), host, port))
+
+
+app.add_typer(submit_app, name="submit")
+app.command("storage-proxy")(storage_proxy)
 
 
 def main() -> None:
