@@ -13,6 +13,11 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
+try:
+    from typer._click.exceptions import UsageError  # typer 0.2x carries its own click
+except ImportError:  # pragma: no cover - older typer: click itself
+    from click.exceptions import UsageError
+
 from vitsweep import signals
 from vitsweep.cluster.commands import storage_proxy, submit_app
 from vitsweep.errors import VitsweepError, one_line, plain_warnings
@@ -35,8 +40,11 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except VitsweepError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {_short_args(str(e))}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except UsageError as e:  # click's own, e.g. "No such option: --LONG..."
+            e.message = _short_args(e.message)
+            raise
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not _out_of_memory(e):
                 raise
@@ -47,6 +55,19 @@ class _Group(TyperGroup):
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (vitsweep.signals): the command cleaned up
             typer.echo(signals.describe(e), err=True)
             raise typer.Exit(signals.exit_code(e)) from None
+
+
+def _short_args(message: str) -> str:
+    """``message`` with each long command-line argument it quotes shortened (vitsweep.inputs.brief):
+    an option's value is quoted as typed, however long."""
+    from vitsweep.inputs import SHOWN_PATH, brief
+
+    for arg in sys.argv[1:]:
+        for value in {arg, arg.partition("=")[2]}:
+            if len(value) > SHOWN_PATH:
+                message = message.replace(repr(value), brief(value, limit=SHOWN_PATH))
+                message = message.replace(value, brief(value, plain=True, limit=SHOWN_PATH))
+    return message
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -118,17 +139,19 @@ def train(
     """Train one ViT: a progress bar and a line per epoch, then best val and test accuracy.
 
     Example: vitsweep train sweeps/cpu_recipe.yaml --set train.time_limit=600"""
-    from vitsweep import console
     from vitsweep.train.config import load_config
+
+    _folder(run_dir, "--run-dir")
+    if config is None and resume is None:
+        raise VitsweepError("give a config file (vitsweep train sweeps/train_smoke.yaml) or --resume RUN_DIR")
+    # The config first: a bad one is answered before torch is imported.
+    cfg = load_config(config if config is not None else resume / "config.yaml", set_ or [])  # type: ignore[operator]
+
+    from vitsweep import console
     from vitsweep.paths import RUNS_DIR
     from vitsweep.train.loop import train as run_train
 
-    _folder(run_dir, "--run-dir")
     _threads(threads)
-
-    if config is None and resume is None:
-        raise VitsweepError("give a config file (vitsweep train sweeps/train_smoke.yaml) or --resume RUN_DIR")
-    cfg = load_config(config if config is not None else resume / "config.yaml", set_ or [])  # type: ignore[operator]
     if resume is not None:
         run_dir = resume
     elif run_dir is None:
@@ -229,12 +252,14 @@ def run(
     """Run (or continue) a sweep: a line per trial, then the best trial and counts by state.
 
     Example: vitsweep run sweeps/cifar10_cpu.yaml --workers 2"""
-    from vitsweep.sweep.runner import run_sweep
     from vitsweep.sweep.spec import load_sweep
     from vitsweep.train.config import parse_overrides
 
+    # The sweep file first: a bad one is answered before torch, Optuna and MLflow are imported.
     cfg = load_sweep(sweep, parse_overrides(set_ or [])).with_overrides(n_trials=n_trials, timeout=timeout, storage=storage,
                                            tracking_uri=tracking_uri)
+    from vitsweep.sweep.runner import run_sweep
+
     run_sweep(cfg, workers=workers)
 
 
@@ -289,15 +314,17 @@ def promote(
     """Retrain the top trials at full length, test each best checkpoint, rank them (resumable).
 
     Example: vitsweep promote --top 3 --epochs 30 --set data.train_limit=null"""
-    from vitsweep.promote.retrain import DEFAULT_OUT, promote as run_promote
     from vitsweep.train.config import parse_overrides
 
     _folder(out, "--out")
+    overrides = parse_overrides(set_ or [])  # before torch and Optuna are imported
+    from vitsweep.promote.retrain import DEFAULT_OUT, promote as run_promote
+
     _threads(threads)
     try:
         run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri,
                     patience=patience, min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT,
-                    overrides=parse_overrides(set_ or []), from_scratch=from_scratch)
+                    overrides=overrides, from_scratch=from_scratch)
     except KeyboardInterrupt as e:
         typer.echo(f"\n{signals.describe(e)}: run the same vitsweep promote command again to continue (finished "
                    f"runs are kept, the interrupted one resumes from its last epoch)", err=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from vitsweep.errors import ConfigError
+from vitsweep.inputs import brief
 
 # Everything vitsweep writes by default lives under storage/ (ignored by git).
 STORAGE = Path("storage")
@@ -69,7 +70,7 @@ def check_url(url: str, where: str, errors: list[str] | None = None) -> None:
     if is_grpc(url):
         msg = grpc_problem(url, where)
     elif not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        msg = (f"{where} = {url!r}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..., "
+        msg = (f"{where} = {brief(url)}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..., "
                f"or grpc://HOST:PORT (a vitsweep storage-proxy)")
     else:
         msg = None
@@ -121,10 +122,10 @@ def grpc_address(url: str) -> tuple[str, int]:
 def grpc_problem(url: str, where: str) -> str | None:
     m = _GRPC.fullmatch(url)
     if m is None:
-        return (f"{where} = {url!r}: a storage proxy URL is grpc://HOST:PORT (no user, password, path or "
+        return (f"{where} = {brief(url)}: a storage proxy URL is grpc://HOST:PORT (no user, password, path or "
                 f"query: the proxy holds the database URL), e.g. grpc://dbhost:13000")
-    if m.group(2) is not None and not 1 <= int(m.group(2)) <= 65535:
-        return f"{where} = {url!r}: port {m.group(2)} is not in 1..65535"
+    if m.group(2) is not None and (len(m.group(2).lstrip("0")) > 5 or not 1 <= int(m.group(2)) <= 65535):
+        return f"{where} = {brief(url)}: port {brief(m.group(2), plain=True)} is not in 1..65535"
     return None
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
 from typing import Any, Literal
+
+from vitsweep.inputs import brief, error_list, is_finite
 
 
 def coerce(value: Any, hint: Any) -> Any:
@@ -53,6 +54,8 @@ def _int(value: Any) -> int:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise ValueError("must be an integer")
+    if abs(value) >= 2**63:
+        raise ValueError("must be an integer between -2**63 and 2**63 - 1")
     return value
 
 
@@ -64,7 +67,7 @@ def _float(value: Any) -> float:
             value = float(value)
         except ValueError:
             raise ValueError("must be a number") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite(value):  # an int beyond any float too (math.isfinite would raise)
         raise ValueError("must be a finite number")
     return float(value)
 
@@ -76,7 +79,7 @@ def unknown_key(key: str, allowed: list[str]) -> str:
     section = key.partition(".")[0]
     same = [k for k in allowed if k.startswith(section + ".")]
     listing = ", ".join(same or allowed)
-    return f"unknown key '{key}'{hint} (allowed: {listing})"
+    return f"unknown key {brief(key)}{hint} (allowed: {listing})"
 
 
 def build_section(name: str, cls: type, given: dict[str, Any], errors: list[str],
@@ -94,7 +97,7 @@ def build_section(name: str, cls: type, given: dict[str, Any], errors: list[str]
         try:
             kwargs[k] = coerce(v, hints[k])
         except ValueError as e:
-            errors.append(f"{name}.{k} = {v!r}: {e}")
+            errors.append(f"{name}.{k} = {brief(v)}: {e}")
     try:
         return cls(**kwargs)
     except TypeError:  # a required field that failed to parse (already in errors)
@@ -102,6 +105,6 @@ def build_section(name: str, cls: type, given: dict[str, Any], errors: list[str]
 
 
 def format_errors(what: str, errors: list[str]) -> str:
-    """``invalid config (file.yaml):`` and one ``  - problem`` line per error."""
-    lines = "\n".join(f"  - {msg}" for msg in errors)
-    return f"{what}:\n{lines}"
+    """``invalid config (file.yaml):`` and one ``  - problem`` line per error, at most
+    ``vitsweep.inputs.MAX_ERRORS`` of them (the rest counted): :func:`vitsweep.inputs.error_list`."""
+    return error_list(what, errors)

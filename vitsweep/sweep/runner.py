@@ -26,7 +26,7 @@ from vitsweep.sweep import placement, plateau
 from vitsweep.sweep.optimize import Stores, device_override, worker, worker_process
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
-from vitsweep.sweep.study import set_up
+from vitsweep.sweep.study import check_storable, set_up
 from vitsweep.sweep.trials import budget, describe_counts, metric_of, state_counts
 from vitsweep.units import fmt_metric
 from vitsweep.tracking.client import check_tracking_server, runs_url
@@ -108,11 +108,12 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
 
 def check_before_anything(sweep: SweepConfig) -> None:
     """Everything a user can get wrong, found before anything is created: one database for both
-    stores, an unreachable MLflow server, the data (missing root, corrupt image, val_size too large)."""
+    stores, a sweep too large to store, an unreachable MLflow server, the data (missing root, corrupt image, val_size too large)."""
     if sweep.storage.url == sweep.tracking.uri:
         raise ConfigError(f"the Optuna storage and the MLflow tracking store are one database ({redact(sweep.storage.url)}); "
                           f"both keep their own schema version there and would refuse each other: give each its "
                           f"own database (e.g. .../optuna and .../mlflow)")
+    check_storable(sweep)  # a sweep too large for its study to keep (vitsweep.inputs.MAX_BYTES of JSON)
     check_tracking_server(sweep.tracking.uri)
     load_data(sweep.base.data)  # memoized: a one-worker sweep on a CPU trains on this very copy
 

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vitsweep.inputs import brief, brief_list, is_finite
 from vitsweep.schema import coerce, unknown_key
 from vitsweep.train.config import DEFAULT_BETAS, SECTIONS, Config, config_keys
 
@@ -168,7 +169,7 @@ def parse_space(raw: Any, errors: list[str]) -> tuple[Param, ...]:
     whens: dict[str, Any] = {}
     paths: dict[str, str] = {}
     for name, spec in raw.items():
-        where = f"space.{name}"
+        where = f"space.{brief(name, plain=True)}"
         if not isinstance(spec, dict):
             errors.append(f"{where}: expected a mapping with path and low/high or choices")
             continue
@@ -179,7 +180,7 @@ def parse_space(raw: Any, errors: list[str]) -> tuple[Param, ...]:
         path, hint = _path(spec, where, hints, paths, name, errors)
         kind = _kind(spec, hint)
         if kind not in ("float", "int", "categorical"):
-            errors.append(f"{where}.type = {kind!r}: must be float, int or categorical")
+            errors.append(f"{where}.type = {brief(kind)}: must be float, int or categorical")
             continue
         if kind == "categorical":
             values: dict[str, Any] = {"choices": _choices(spec, where, hint, errors)}
@@ -195,9 +196,9 @@ def check_grid(space: tuple[Param, ...], errors: list[str]) -> None:
     """What the grid sampler cannot search."""
     for p in space:
         if p.kind == "float" and p.step is None:
-            errors.append(f"space.{p.name}: the grid sampler needs a step (or choices) for floats")
+            errors.append(f"space.{brief(p.name, plain=True)}: the grid sampler needs a step (or choices) for floats")
         if p.when:
-            errors.append(f"space.{p.name}.when: the grid sampler does not support conditional params")
+            errors.append(f"space.{brief(p.name, plain=True)}.when: the grid sampler does not support conditional params")
 
 
 def _path(spec: dict[str, Any], where: str, hints: dict[str, Any], paths: dict[str, str], name: Any,
@@ -211,21 +212,21 @@ def _path(spec: dict[str, Any], where: str, hints: dict[str, Any], paths: dict[s
     m = re.fullmatch(r"([a-z_]+\.[a-z_0-9]+)(?:\[(\d+)\])?", path)
     key = m.group(1) if m else path
     if key not in hints:
-        errors.append(f"{where}.path = {path!r}: " + unknown_key(key, config_keys()))
+        errors.append(f"{where}.path = {brief(path)}: " + unknown_key(key, config_keys()))
     else:
         hint = hints[key]
         is_tuple = "tuple" in str(hint)
         if m and m.group(2) is not None:
             if not is_tuple:
-                errors.append(f"{where}.path = {path!r}: {key} is not a list; drop the [index]")
+                errors.append(f"{where}.path = {brief(path)}: {key} is not a list; drop the [index]")
             elif int(m.group(2)) > 2:
-                errors.append(f"{where}.path = {path!r}: index must be 0, 1 or 2")
+                errors.append(f"{where}.path = {brief(path)}: index must be 0, 1 or 2")
             else:
                 hint = float
         elif is_tuple:
-            errors.append(f"{where}.path = {path!r}: sample one entry at a time, e.g. {key}[0]")
+            errors.append(f"{where}.path = {brief(path)}: sample one entry at a time, e.g. {key}[0]")
     if path in paths and not spec.get("when"):
-        errors.append(f"{where}.path = {path!r}: already set by space.{paths[path]} "
+        errors.append(f"{where}.path = {brief(path)}: already set by space.{brief(paths[path], plain=True)} "
                       f"(two params may share a path only under different `when` conditions)")
     paths.setdefault(path, str(name))
     return path, hint
@@ -253,10 +254,10 @@ def _choices(spec: dict[str, Any], where: str, hint: Any, errors: list[str]) -> 
         return ()
     ch = tuple(choices)
     if len(set(map(repr, ch))) != len(ch):
-        errors.append(f"{where}.choices = {choices}: has duplicates")
+        errors.append(f"{where}.choices = {brief(choices)}: has duplicates")
     for c in ch:
         if not (c is None or isinstance(c, (bool, int, float, str))):
-            errors.append(f"{where}.choices: {c!r} is not a plain value (number, string, bool, null)")
+            errors.append(f"{where}.choices: {brief(c)} is not a plain value (number, string, bool, null)")
         elif hint is not None:
             _check_value(c, hint, f"{where}.choices", errors)
     return ch
@@ -269,25 +270,25 @@ def _range(spec: dict[str, Any], kind: str, where: str, path: Any, hint: Any, er
     low, high = _number(spec.get("low"), f"{where}.low", errors), _number(spec.get("high"), f"{where}.high", errors)
     step, log = spec.get("step"), spec.get("log", False)
     if not isinstance(log, bool):
-        errors.append(f"{where}.log = {log!r}: must be true or false")
+        errors.append(f"{where}.log = {brief(log)}: must be true or false")
         log = False
     if step is not None:
         step = _number(step, f"{where}.step", errors)
         if step is not None and step <= 0:
-            errors.append(f"{where}.step = {step}: must be > 0")
+            errors.append(f"{where}.step = {brief(step)}: must be > 0")
             step = None
     if low is not None and high is not None:
         if low > high:
-            errors.append(f"{where}: low ({low}) > high ({high})")
+            errors.append(f"{where}: low ({brief(low)}) > high ({brief(high)})")
         if log and low <= 0:
-            errors.append(f"{where}.low = {low}: must be > 0 with log: true")
+            errors.append(f"{where}.low = {brief(low)}: must be > 0 with log: true")
         if log and step is not None:
             errors.append(f"{where}: log and step cannot be combined (Optuna); "
                           f"drop step, or use choices for a fixed log grid")
         if kind == "int":
             for k, v in (("low", low), ("high", high), ("step", step)):
                 if v is not None and not float(v).is_integer():
-                    errors.append(f"{where}.{k} = {v}: must be an integer for type int")
+                    errors.append(f"{where}.{k} = {brief(v)}: must be an integer for type int")
             low, high = int(low), int(high)
             step = int(step) if step is not None else None
             if hint is not None and hint is not int and "int" not in str(hint):
@@ -314,7 +315,7 @@ def _ordered(params: list[Param], whens: dict[str, Any], errors: list[str]) -> t
         if p in ordered:
             return
         if p.name in visiting:
-            errors.append(f"space.{p.name}.when: conditions form a cycle")
+            errors.append(f"space.{brief(p.name, plain=True)}.when: conditions form a cycle")
             return
         visiting.add(p.name)
         for dep, _ in p.when:
@@ -341,16 +342,16 @@ def _build_when(raw: Any, where: str, earlier: list[Param], errors: list[str]) -
         if target is None:
             names = [p.name for p in earlier] + [p.path for p in earlier]
             close = difflib.get_close_matches(str(ref), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            errors.append(f"{where}.when: condition on '{ref}', which is not a param of the space{hint} "
-                          f"(params: {', '.join(p.name for p in earlier) or 'none'})")
+            hint = f"; did you mean {brief(close[0])}?" if close else ""
+            errors.append(f"{where}.when: condition on {brief(str(ref))}, which is not a param of the space{hint} "
+                          f"(params: {brief_list(p.name for p in earlier) or 'none'})")
             continue
         values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
         if target.kind == "categorical":
             bad = [v for v in values if v not in target.choices]
             if bad:
-                errors.append(f"{where}.when: {ref} = {bad[0]!r} is not one of its choices "
-                              f"({', '.join(map(str, target.choices))})")
+                errors.append(f"{where}.when: {brief(ref, plain=True)} = {brief(bad[0])} is not one of its choices "
+                              f"({brief_list(target.choices)})")
         out.append((target.name, values))
     return tuple(out)
 
@@ -359,7 +360,7 @@ def _check_value(value: Any, hint: Any, where: str, errors: list[str]) -> None:
     try:
         coerce(value, hint)
     except ValueError as e:
-        errors.append(f"{where} = {value!r}: {e}")
+        errors.append(f"{where} = {brief(value)}: {e}")
 
 
 def _number(v: Any, where: str, errors: list[str]) -> float | int | None:
@@ -368,8 +369,8 @@ def _number(v: Any, where: str, errors: list[str]) -> float | int | None:
             v = float(v)  # YAML reads 1e-4 (no dot) as a string
         except ValueError:
             pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        errors.append(f"{where} = {v!r}: must be a number" if v is not None else f"{where}: missing")
+    if not is_finite(v):
+        errors.append(f"{where} = {brief(v)}: must be a number" if v is not None else f"{where}: missing")
         return None
     return v
 

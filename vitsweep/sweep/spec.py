@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vitsweep.errors import ConfigError
+from vitsweep.inputs import brief, brief_path
 from vitsweep.schema import build_section, format_errors, unknown_key
 from vitsweep.sweep.pruners import PRUNERS
 from vitsweep.sweep.samplers import SAMPLERS
@@ -128,7 +129,7 @@ class SweepConfig:
         study, st, tr = self.study, self.storage, self.tracking
         if n_trials is not None:
             if n_trials < 1:
-                raise ConfigError(f"--n-trials {n_trials}: must be >= 1")
+                raise ConfigError(f"--n-trials {brief(n_trials)}: must be >= 1")
             study = dataclasses.replace(study, n_trials=n_trials)
         if timeout is not None:
             if not (0 < timeout < float("inf")):  # nan and inf too
@@ -196,7 +197,7 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
     if base_cfg is not None and pruner is not None and SCHEDULES[base_cfg.schedule.name].branches:
         base_cfg = _rung_branches(base_cfg, pruner, errors)
     if errors:
-        raise ConfigError(format_errors(f"invalid sweep ({source})", errors))
+        raise ConfigError(format_errors(f"invalid sweep ({brief_path(source)})", errors))
     assert study and sampler and pruner and storage and tracking and trials and base_cfg
     return SweepConfig(study=study, sampler=sampler, pruner=pruner, storage=storage, tracking=tracking,
                        trials=trials, base=base_cfg, space=space, source=source)
@@ -224,13 +225,13 @@ def _check_sections(study: StudySpec | None, sampler: SamplerSpec | None, pruner
     """The sections' values that parse but cannot be used."""
     if study is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", study.name):
-            errors.append(f"study.name = {study.name!r}: use letters, digits, '_', '-', '.'")
+            errors.append(f"study.name = {brief(study.name)}: use letters, digits, '_', '-', '.'")
         if study.direction not in ("maximize", "minimize"):
-            errors.append(f"study.direction = {study.direction!r}: must be maximize or minimize")
+            errors.append(f"study.direction = {brief(study.direction)}: must be maximize or minimize")
         if study.metric not in METRICS:
-            errors.append(f"study.metric = {study.metric!r}: must be one of {', '.join(METRICS)}")
+            errors.append(f"study.metric = {brief(study.metric)}: must be one of {', '.join(METRICS)}")
         elif study.direction != METRICS[study.metric]:
-            errors.append(f"study.direction = {study.direction}: {study.metric} should be "
+            errors.append(f"study.direction = {brief(study.direction, plain=True)}: {study.metric} should be "
                           f"{METRICS[study.metric]}d")
         if study.n_trials < 1:
             errors.append(f"study.n_trials = {study.n_trials}: must be >= 1")
@@ -268,7 +269,7 @@ def _trainer_config(raw: dict[str, Any], source: str, base_dir: Path | None, err
     base_ref = raw.get("base")
     if base_ref is not None:
         if not isinstance(base_ref, str):
-            errors.append(f"base = {base_ref!r}: must be a path to a trainer YAML")
+            errors.append(f"base = {brief(base_ref)}: must be a path to a trainer YAML")
         else:
             bp = Path(base_ref)
             if not bp.is_absolute() and base_dir is not None:
@@ -295,7 +296,7 @@ def _mapping(raw: dict[str, Any], key: str, errors: list[str]) -> dict[str, Any]
     if v is None:
         return {}
     if not isinstance(v, dict):
-        errors.append(f"{key}: expected a mapping, got {v!r}")
+        errors.append(f"{key}: expected a mapping, got {brief(v)}")
         return {}
     return v
 

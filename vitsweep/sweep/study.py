@@ -9,11 +9,13 @@ trainer config or space is refused.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import optuna
 
 from vitsweep.errors import VitsweepError
+from vitsweep.inputs import stored_json
 from vitsweep.paths import redact
 from vitsweep.sweep.locks import budget_lock
 from vitsweep.sweep.space import config_for_params
@@ -44,11 +46,18 @@ def record_sweep(study: optuna.Study, sweep: SweepConfig) -> None:
 
 
 def stored_sweep(sweep: SweepConfig) -> dict[str, Any]:
-    """What a study remembers of its sweep: all of it, with no password in its URLs."""
+    """What a study remembers of its sweep: all of it, with no password in its URLs; refused
+    (ConfigError) above vitsweep.inputs.MAX_BYTES of JSON (a study that an older version stored a
+    larger one in still opens: only storing is refused)."""
     raw = sweep.to_dict()
     raw["storage"]["url"] = redact(raw["storage"]["url"])
     raw["tracking"]["uri"] = redact(raw["tracking"]["uri"])
-    return raw
+    return json.loads(stored_json(raw, f"sweep {sweep.source}"))
+
+
+def check_storable(sweep: SweepConfig) -> None:
+    """Refuse (ConfigError) a sweep too large for its study to keep, before anything is created."""
+    stored_sweep(sweep)
 
 
 def sweep_of(study: optuna.Study) -> SweepConfig:

@@ -3,7 +3,19 @@
 ``device`` and ``checkpoint``. ``from vitsweep.train import load_config, train`` is the trainer as
 a function."""
 
-from vitsweep.train.config import load_config
-from vitsweep.train.loop import train
+from typing import Any
 
 __all__ = ["load_config", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """Imported on first use: reading a config (``vitsweep.train.config``) needs no torch."""
+    if name == "load_config":
+        from vitsweep.train.config import load_config
+
+        return load_config
+    if name == "train":
+        from vitsweep.train.loop import train
+
+        return train
+    raise AttributeError(f"module 'vitsweep.train' has no attribute {name!r}")

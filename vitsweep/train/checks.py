@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from vitsweep.inputs import brief
 from vitsweep.train.config import Config
 from vitsweep.train.optimizers import OPTIMIZERS
 from vitsweep.train.schedules import SCHEDULES
 
 Need = Callable[[bool, str], None]
+
+MAX_IMAGE_SIZE = 4096  # pixels a side: a ViT's tokens grow with its square (CIFAR-10: 32, ImageNet: 224)
 
 
 def check_config(cfg: Config) -> list[str]:
@@ -30,7 +33,8 @@ def check_config(cfg: Config) -> list[str]:
 
 def _data_model(cfg: Config, need: Need, e: list[str]) -> None:
     d, m = cfg.data, cfg.model
-    need(d.image_size >= 1, f"data.image_size = {d.image_size}: must be >= 1")
+    need(1 <= d.image_size <= MAX_IMAGE_SIZE,
+         f"data.image_size = {d.image_size}: must be in [1, {MAX_IMAGE_SIZE}] (pixels a side)")
     need(d.val_size >= 1, f"data.val_size = {d.val_size}: must be >= 1 (trials and early stopping need it)")
     need(d.train_limit is None or d.train_limit >= 1, f"data.train_limit = {d.train_limit}: must be >= 1 or null")
     need(d.test_limit is None or d.test_limit >= 1, f"data.test_limit = {d.test_limit}: must be >= 1 or null")
@@ -40,9 +44,12 @@ def _data_model(cfg: Config, need: Need, e: list[str]) -> None:
     need(d.synthetic_test >= 1, f"data.synthetic_test = {d.synthetic_test}: must be >= 1")
 
     if m.patch_size < 1 or d.image_size % m.patch_size:
-        divisors = [p for p in range(1, d.image_size + 1) if d.image_size % p == 0]
-        e.append(f"model.patch_size = {m.patch_size}: must divide data.image_size ({d.image_size}); "
-                 f"allowed: {', '.join(map(str, divisors))}")
+        # The divisors are listed for a size that passes the check above only: range(1, image_size + 1)
+        # of data.image_size=1000000000001 would never end.
+        divisors = [p for p in range(1, d.image_size + 1) if d.image_size % p == 0] \
+            if 1 <= d.image_size <= MAX_IMAGE_SIZE else []
+        e.append(f"model.patch_size = {m.patch_size}: must divide data.image_size ({d.image_size})"
+                 + (f"; allowed: {', '.join(map(str, divisors))}" if divisors else ""))
     need(m.dim >= 1, f"model.dim = {m.dim}: must be >= 1")
     need(m.depth >= 1, f"model.depth = {m.depth}: must be >= 1")
     if m.heads < 1 or m.dim % m.heads:
@@ -62,10 +69,10 @@ def _optimizer_schedule(cfg: Config, need: Need, e: list[str]) -> None:
     need(o.grad_clip is None or o.grad_clip > 0, f"optimizer.grad_clip = {o.grad_clip}: must be > 0 or null")
     defaults = OPTIMIZERS[o.name].betas
     if o.betas is None or len(o.betas) != len(defaults):
-        e.append(f"optimizer.betas = {list(o.betas or [])}: {o.name} takes {len(defaults)} betas, "
+        e.append(f"optimizer.betas = {brief(list(o.betas or []))}: {o.name} takes {len(defaults)} betas, "
                  f"e.g. {list(defaults)}")
     elif not all(0 < b < 1 for b in o.betas):
-        e.append(f"optimizer.betas = {list(o.betas)}: each beta must be in (0, 1)")
+        e.append(f"optimizer.betas = {brief(list(o.betas))}: each beta must be in (0, 1)")
 
     need(s.warmup_epochs >= 0, f"schedule.warmup_epochs = {s.warmup_epochs}: must be >= 0")
     need(not s.by_time or t.time_limit is not None,
@@ -82,10 +89,10 @@ def _optimizer_schedule(cfg: Config, need: Need, e: list[str]) -> None:
     if s.branches:
         with_branches = [n for n, k in SCHEDULES.items() if k.branches]
         need(SCHEDULES[s.name].branches,
-             f"schedule.branches = {list(s.branches)}: cooldown branches need a constant-lr trunk: "
+             f"schedule.branches = {brief(list(s.branches))}: cooldown branches need a constant-lr trunk: "
              f"schedule.name {' or '.join(with_branches)}, or no branches")
         need(all(1 <= b <= t.epochs for b in s.branches),
-             f"schedule.branches = {list(s.branches)}: each must be an epoch in [1, train.epochs ({t.epochs})]")
+             f"schedule.branches = {brief(list(s.branches))}: each must be an epoch in [1, train.epochs ({t.epochs})]")
 
 
 def _augment_train(cfg: Config, need: Need) -> None:
@@ -108,7 +115,7 @@ def _augment_train(cfg: Config, need: Need) -> None:
          f"train.micro_batch = {t.micro_batch}: must be in [1, train.batch_size ({t.batch_size})] or null (auto)")
     need(t.time_limit is None or t.time_limit > 0, f"train.time_limit = {t.time_limit}: must be > 0 seconds or null")
     need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
-         f"train.device = {t.device!r}: must be one of auto, cpu, cuda, cuda:N, mps")
+         f"train.device = {brief(t.device)}: must be one of auto, cpu, cuda, cuda:N, mps")
     need(t.patience is None or t.patience >= 1, f"train.patience = {t.patience}: must be >= 1 or null")
     need(t.min_delta >= 0, f"train.min_delta = {t.min_delta}: must be >= 0")
     need(t.target_acc is None or 0 < t.target_acc <= 1,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from vitsweep.errors import ConfigError
+from vitsweep.inputs import brief, brief_path, load_yaml, read_text
 from vitsweep.paths import CACHE_DIR, DATA_ROOT
 from vitsweep.schema import build_section, format_errors, unknown_key
 from vitsweep.train.optimizers import DEFAULT_BETAS, OPTIMIZERS
@@ -192,16 +193,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such file")
+    text = read_text(p)  # refused above vitsweep.inputs.MAX_BYTES, before parsing
+    name = brief_path(p)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file (not UTF-8); give a YAML file such as sweeps/smoke.yaml") from None
+        raw = load_yaml(text, name) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{name}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
+        raise ConfigError(f"{name}: expected a mapping of sections (data, model, ...), got {type(raw).__name__}")
     return raw
 
 
@@ -211,9 +210,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optimizer.lr=0.001")
+            raise ConfigError(f"--set {brief(item)}: expected key=value, e.g. --set optimizer.lr=0.001")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            out[key.strip()] = load_yaml(value, f"--set {brief(key.strip(), plain=True)}") if value.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
@@ -235,17 +234,17 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
             continue
         sec = raw.setdefault(section, {})
         if not isinstance(sec, dict):
-            errors.append(f"{section}: expected a mapping, got {sec!r}")
+            errors.append(f"{section}: expected a mapping, got {brief(sec)}")
             continue
         sec[name] = value
     if errors:
-        raise ConfigError(format_errors(f"invalid config ({source})", errors))
+        raise ConfigError(format_errors(f"invalid config ({brief_path(source)})", errors))
 
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         given = raw.get(section) or {}
         if not isinstance(given, dict):
-            errors.append(f"{section}: expected a mapping, got {given!r}")
+            errors.append(f"{section}: expected a mapping, got {brief(given)}")
             continue
         given = dict(given)
         if section == "model":
@@ -263,7 +262,7 @@ def build_config(raw: dict[str, Any], overrides: dict[str, Any] | None = None, s
         errors.extend(msg for msg in check_config(cfg) if msg.split(" ", 1)[0] not in bad_keys)
         if not errors:
             return cfg
-    raise ConfigError(format_errors(f"invalid config ({source})", errors))
+    raise ConfigError(format_errors(f"invalid config ({brief_path(source)})", errors))
 
 
 def _apply_preset(given: dict[str, Any], errors: list[str]) -> dict[str, Any]:
