@@ -21,7 +21,7 @@ class _Group(TyperGroup):
     """Turn a user's mistake (VitsweepError) into 'error: ...' on stderr and its exit code (2);
     list the commands in workflow order."""
 
-    ORDER = ("run", "trials", "studies", "dashboard", "ui", "report", "promote", "train", "evaluate", "bench",
+    ORDER = ("run", "trials", "studies", "dashboard", "ui", "report", "best", "stop", "promote", "train", "evaluate", "bench",
              "export")
 
     def list_commands(self, ctx):  # noqa: ANN001, ANN201
@@ -151,10 +151,41 @@ def train(
         console.err(f"error: training diverged (a non-finite loss at epoch {result.epochs_run}); lower optimizer.lr, "
                     f"or keep optimizer.grad_clip on")
         raise typer.Exit(1)
+    if cfg.train.checkpoint and (run_dir / "best.pt").is_file():
+        next_step(f"vitsweep evaluate {run_dir / 'best.pt'}")
 
 
-RefArgument = Annotated[str, typer.Argument(
-    metavar="RUN_ID_OR_CHECKPOINT", help="A checkpoint file (storage/runs/NAME/best.pt) or an MLflow run id.")]
+RefArgument = Annotated[Optional[str], typer.Argument(
+    metavar="[RUN_ID_OR_CHECKPOINT]", show_default=False,
+    help="A checkpoint file (storage/runs/NAME/best.pt), an MLflow run id, or a registered model "
+         "(models:/vitsweep-STUDY@champion); or --champion.")]
+ChampionOption = Annotated[bool, typer.Option(
+    "--champion", help="The promoted champion: models:/vitsweep-STUDY@champion (--study STUDY, else the "
+                       "champion crowned last).")]
+ChampionStudyOption = Annotated[Optional[str], typer.Option(
+    "--study", help="With --champion: whose champion [default: the champion crowned last].")]
+
+
+def _model_ref(ref: Optional[str], champion: bool, study: Optional[str], tracking_uri: Optional[str]) -> str:
+    """The model an evaluate/bench/export works on: RUN_ID_OR_CHECKPOINT, or --champion's."""
+    if champion and ref:
+        raise VitsweepError(f"give {ref} or --champion, not both")
+    if study and not champion:
+        raise VitsweepError("--study goes with --champion (or give models:/vitsweep-STUDY@champion)")
+    if not champion:
+        if not ref:
+            raise VitsweepError("give a model: a checkpoint (storage/runs/NAME/best.pt), an MLflow run id, "
+                                "models:/vitsweep-STUDY@champion, or --champion")
+        return ref
+    from vitsweep.paths import tracking_uri as resolve_tracking
+    from vitsweep.tracking.artifacts import champion_ref
+
+    return champion_ref(study, resolve_tracking(tracking_uri))
+
+
+def next_step(*commands: str) -> None:
+    """The command's last line: what to run next (stderr: stdout stays the command's own output)."""
+    typer.echo("next: " + "   or   ".join(commands), err=True)
 TrackingUriOption = Annotated[Optional[str], typer.Option(
     "--tracking-uri", help="MLflow tracking store [default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]; "
                            "'none': off.")]
@@ -166,12 +197,14 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.
 
 @app.command()
 def evaluate(
-    ref: RefArgument,
+    ref: RefArgument = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/eval/NAME].")] = None,
     fp8: Annotated[bool, typer.Option("--fp8", help="Also evaluate with simulated FP8 (E4M3) weights.")] = False,
     device: DeviceOption = "auto",
     tracking_uri: TrackingUriOption = None,
     threads: ThreadsOption = None,
+    champion: ChampionOption = False,
+    study: ChampionStudyOption = None,
 ) -> None:
     """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid.
 
@@ -180,20 +213,24 @@ def evaluate(
 
     _folder(out, "--out")
     _threads(threads)
+    ref = _model_ref(ref, champion, study, tracking_uri)
     if _existing_ref(ref):
         typer.echo(f"evaluating {ref} on its test split (loading the model and the data first)...", err=True)
     print(format_summary(run_evaluate(ref, out=out, device=device, fp8=fp8, tracking_uri=tracking_uri)))
+    next_step(f"vitsweep bench {ref}", f"vitsweep export {ref}")
 
 
 @app.command()
 def bench(
-    ref: RefArgument,
+    ref: RefArgument = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,16,64,128",
     device: DeviceOption = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/bench/NAME].")] = None,
     min_time: Annotated[float, typer.Option(help="Seconds of timed passes per batch size (at least 5 passes).")] = 1.0,
     threads: ThreadsOption = None,
     tracking_uri: TrackingUriOption = None,
+    champion: ChampionOption = False,
+    study: ChampionStudyOption = None,
 ) -> None:
     """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html.
 
@@ -202,19 +239,23 @@ def bench(
 
     _folder(out, "--out")
     sizes = parse_batch_sizes(batch_sizes)
+    ref = _model_ref(ref, champion, study, tracking_uri)
     if _existing_ref(ref):
         typer.echo(f"benchmarking {ref} at batch sizes {', '.join(map(str, sizes))} (~{min_time:g} s of timed "
                    f"passes each, after warm-up)...", err=True)
     print(format_summary(run_bench(ref, sizes, device=device, out=out, min_time=min_time,
                                    threads=threads, tracking_uri=tracking_uri)))
+    next_step(f"vitsweep export {ref}")
 
 
 @app.command()
 def export(
-    ref: RefArgument,
+    ref: RefArgument = None,
     format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/export/NAME].")] = None,
     tracking_uri: TrackingUriOption = None,
+    champion: ChampionOption = False,
+    study: ChampionStudyOption = None,
 ) -> None:
     """ONNX or TorchScript file, verified against PyTorch's logits, with its config beside it as JSON.
 
@@ -222,7 +263,10 @@ def export(
     from vitsweep.models.export import format_summary, run_export
 
     _folder(out, "--out")
-    print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
+    ref = _model_ref(ref, champion, study, tracking_uri)
+    result = run_export(ref, format, out=out, tracking_uri=tracking_uri)
+    print(format_summary(result))
+    next_step(f"serve {result.path} (its classes, image size and normalisation are in {result.sidecar.name})")
 
 
 StorageOption = Annotated[
@@ -255,7 +299,8 @@ def run(
 
     cfg = load_sweep(sweep, parse_overrides(set_ or [])).with_overrides(n_trials=n_trials, timeout=timeout, storage=storage,
                                            tracking_uri=tracking_uri)
-    run_sweep(cfg, workers=workers)
+    summary = run_sweep(cfg, workers=workers)
+    next_step(f"vitsweep trials --study {summary.study_name} --sort value", f"vitsweep report --study {summary.study_name}")
 
 
 @app.command()
@@ -272,7 +317,8 @@ def trials(
     from vitsweep.paths import storage_url
     from vitsweep.sweep.trials import show_trials
 
-    show_trials(study, storage_url(storage), csv, sort, top)
+    name = show_trials(study, storage_url(storage), csv, sort, top)
+    next_step(f"vitsweep report --study {name}", f"vitsweep best --study {name} -o best.yaml")
 
 
 @app.command()
@@ -283,7 +329,30 @@ def studies(storage: ReadStorageOption = None) -> None:
     from vitsweep.paths import storage_url
     from vitsweep.sweep.trials import show_studies
 
-    show_studies(storage_url(storage))
+    latest = show_studies(storage_url(storage))
+    if latest:
+        next_step(f"vitsweep trials --study {latest} --sort value")
+    else:
+        next_step("vitsweep run sweeps/smoke.yaml")
+
+
+@app.command()
+def stop(
+    study: Annotated[str, typer.Argument(help="The study to stop.")],
+    storage: ReadStorageOption = None,
+) -> None:
+    """Stop a study: every worker finishes its current trial and starts no new one.
+
+    Example: vitsweep stop cifar10_cpu"""
+    from vitsweep.paths import storage_url
+    from vitsweep.sweep.plateau import stop_by_hand
+    from vitsweep.sweep.storage import load_study
+
+    st = load_study(study, storage_url(storage))
+    reason, now = stop_by_hand(st)
+    typer.echo(f"study {st.study_name}: " + ("every worker stops after its current trial" if now
+                                             else f"already stopped ({reason})"))
+    next_step(f"vitsweep trials --study {st.study_name} --sort value")
 
 
 @app.command()
@@ -315,13 +384,31 @@ def promote(
     _folder(out, "--out")
     _threads(threads)
     try:
-        run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri,
+        res = run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri,
                     patience=patience, min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT,
                     overrides=parse_overrides(set_ or []), from_scratch=from_scratch)
     except KeyboardInterrupt as e:
         typer.echo(f"\n{signals.describe(e)}: run the same vitsweep promote command again to continue (finished "
                    f"runs are kept, the interrupted one resumes from its last epoch)", err=True)
         raise typer.Exit(signals.exit_code(e)) from None
+    next_step(f"vitsweep report --study {res.study}", f"vitsweep evaluate --champion --study {res.study}")
+
+
+@app.command()
+def best(
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
+    storage: ReadStorageOption = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="YAML file to write [default: print it].")] = None,
+) -> None:
+    """The best trial's full trainer config, as a file vitsweep train runs.
+
+    Example: vitsweep best --study smoke -o best.yaml"""
+    from vitsweep.sweep.best import write_best
+
+    name, about = write_best(study, storage, out)
+    if out is not None:
+        typer.echo(f"wrote {out}: the {about}", err=True)
+    next_step(f"vitsweep train {out or 'best.yaml'}" + ("" if out else "  (save it first: vitsweep best -o best.yaml)"))
 
 
 @app.command()
@@ -338,7 +425,11 @@ def report(
     Example: vitsweep report --study cifar10_cpu"""
     from vitsweep.report.page import write_report
 
-    write_report(study, storage, tracking_uri, out, promote_dir)
+    res = write_report(study, storage, tracking_uri, out, promote_dir)
+    if res.promotion:
+        next_step(f"vitsweep evaluate models:/vitsweep-{res.study}@champion")
+    else:
+        next_step(f"vitsweep promote --study {res.study} --top 3 --epochs 30")
 
 
 @app.command()
