@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.helpers import cli
-from vitsweep.models.inference import resolve_checkpoint
+from vitsweep.trained.inference import resolve_checkpoint
 from vitsweep.tracking.artifacts import log_checkpoint
 from vitsweep.tracking.tags import CHECKPOINT_ARTIFACT
 from vitsweep.train.config import build_config
@@ -43,7 +43,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def test_evaluate_writes_consistent_files(ckpt, tmp_path):
-    from vitsweep.models.evaluate import run_evaluate
+    from vitsweep.trained.evaluate import run_evaluate
 
     r = run_evaluate(str(ckpt), out=tmp_path / "ev", device="cpu", fp8=True)
     for name in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "per_class_accuracy.csv",
@@ -84,7 +84,7 @@ def test_evaluate_cli_default_out_dir(ckpt, capsys):
 
 
 def test_fp8_round_trip():
-    from vitsweep.models.evaluate import fp8_round_trip, quantize_fp8_weights
+    from vitsweep.trained.evaluate import fp8_round_trip, quantize_fp8_weights
 
     w = torch.randn(64, 64)
     q = fp8_round_trip(w)
@@ -103,7 +103,7 @@ def test_fp8_round_trip():
 
 
 def test_bench_all_batch_sizes(ckpt, tmp_path):
-    from vitsweep.models.bench import parse_batch_sizes, run_bench
+    from vitsweep.trained.bench import parse_batch_sizes, run_bench
 
     sizes = parse_batch_sizes("1,4,16,64,128")
     r = run_bench(str(ckpt), sizes, device="cpu", out=tmp_path / "bn", min_time=0.02, warmup=1, max_iters=10)
@@ -141,7 +141,7 @@ def test_bench_refuses_nonsense_numbers(args, expected, ckpt, tmp_path, capsys):
 
 def test_export_onnx_matches_pytorch(ckpt, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from vitsweep.models.export import run_export
+    from vitsweep.trained.export import run_export
     from vitsweep.train.checkpoint import load_model
 
     r = run_export(str(ckpt), "onnx", out=tmp_path / "ex")
@@ -175,7 +175,7 @@ def test_export_torchscript_loads_and_matches(ckpt, tmp_path, capsys):
 
 
 def test_export_mismatch_fails_loudly(ckpt, tmp_path, monkeypatch):
-    import vitsweep.models.export as ex
+    import vitsweep.trained.export as ex
 
     monkeypatch.setattr(ex, "max_abs_diff", lambda loaded, run: 0.5)
     with pytest.raises(ex.ExportMismatchError, match="differ from PyTorch") as info:

@@ -67,7 +67,7 @@ def test_the_champion_by_name_for_evaluate_bench_and_export(promoted, capsys):
     code, out, err = cli("export", "--champion", "--format", "torchscript", "--tracking-uri", TRACKING, capsys=capsys)
     assert code == 0, err
     assert Path("storage/export/champ-trial1-seed0").is_dir() and err.strip().splitlines()[-1].startswith("next: ")
-    from vitsweep.models.inference import resolve_checkpoint
+    from vitsweep.trained.inference import resolve_checkpoint
 
     assert resolve_checkpoint("models:/vitsweep-champ/1", TRACKING).parent.parent.name == run_id
     # mistakes: exit 2 with what to do

@@ -269,7 +269,7 @@ def test_resume_after_interrupt_and_mlflow_records(capsys):
     assert Path("storage/promote/res/val_curves.html").read_text().count("<script") >= 1
 
     # A promoted run works with `vitsweep evaluate RUN_ID`.
-    from vitsweep.models.inference import resolve_checkpoint
+    from vitsweep.trained.inference import resolve_checkpoint
 
     assert resolve_checkpoint(nested[0].info.run_id, TRACKING, Path("dl")).is_file()
 

@@ -66,8 +66,14 @@ def tracking_uri(given: str | None = None) -> str:
 
 def check_url(url: str, where: str, errors: list[str] | None = None) -> None:
     """Append the problem to ``errors``, or raise it when there is no list to collect it in."""
-    if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        msg = f"{where} = {url!r}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..."
+    if is_grpc(url):
+        msg = grpc_problem(url, where)
+    elif not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
+        msg = (f"{where} = {url!r}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..., "
+               f"or grpc://HOST:PORT (a vitsweep storage-proxy)")
+    else:
+        msg = None
+    if msg is not None:
         if errors is None:
             raise ConfigError(msg)
         errors.append(msg)
@@ -91,6 +97,35 @@ def missing_driver(url: str, err: ModuleNotFoundError) -> ConfigError:
 
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgresql+", "postgres://"))
+
+
+_GRPC = re.compile(r"grpc://(\[[0-9a-fA-F:.]+\]|[^\[\]/:@?#\s]+)(?::(\d+))?/?", re.IGNORECASE)
+
+
+def is_grpc(url: str) -> bool:
+    """``grpc://HOST:PORT``: a ``vitsweep storage-proxy`` in front of the database."""
+    return url.lower().startswith("grpc://")
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """(host, port) of ``grpc://HOST[:PORT]`` (port 13000 when left out; IPv6 as ``[::1]:13000``);
+    a URL that is not one is a ConfigError."""
+    problem = grpc_problem(url, "storage URL")
+    if problem:
+        raise ConfigError(problem)
+    m = _GRPC.fullmatch(url)
+    assert m is not None
+    return m.group(1).strip("[]"), int(m.group(2) or 13000)
+
+
+def grpc_problem(url: str, where: str) -> str | None:
+    m = _GRPC.fullmatch(url)
+    if m is None:
+        return (f"{where} = {url!r}: a storage proxy URL is grpc://HOST:PORT (no user, password, path or "
+                f"query: the proxy holds the database URL), e.g. grpc://dbhost:13000")
+    if m.group(2) is not None and not 1 <= int(m.group(2)) <= 65535:
+        return f"{where} = {url!r}: port {m.group(2)} is not in 1..65535"
+    return None
 
 
 def is_http(uri: str) -> bool:

@@ -51,7 +51,7 @@ import yaml
 from vitsweep import console
 from vitsweep.train.config import Config, flatten
 from vitsweep.errors import VitsweepError, one_line
-from vitsweep.models.evaluate import plot_confusion, write_confusion_csv
+from vitsweep.trained.evaluate import plot_confusion, write_confusion_csv
 from vitsweep.paths import PROMOTE_DIR, atomic_write, redact, storage_url, tracking_uri as resolve_tracking
 from vitsweep.promote.results import (RESULT_FILE, RunRecord, fidelity_line, format_leaderboard, leaderboard, pct,
                                       write_leaderboard)

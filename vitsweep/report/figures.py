@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from vitsweep.errors import one_line
+from vitsweep.tracking.tags import FLOPS_ATTR
 
 PRUNED_COLOR, COMPLETE_COLOR, FAIL_COLOR = "#d62728", "#1f77b4", "#7f7f7f"
 
@@ -104,7 +105,7 @@ def compute_figure(study: optuna.Study, trial_epochs: int) -> Any:
     return fig
 
 
-def best_vs_compute_figure(study: optuna.Study, metric: str, flops_attr: str = "flops") -> Any:
+def best_vs_compute_figure(study: optuna.Study, metric: str, flops_attr: str = FLOPS_ATTR) -> Any:
     """Best value so far against the training compute spent so far (trials in the order they
     ended; each trial's FLOPs estimate as its trainer recorded it, pruned and failed trials too)."""
     ended = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None

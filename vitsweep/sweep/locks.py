@@ -21,7 +21,7 @@ import sqlalchemy
 from sqlalchemy.pool import NullPool
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import FileLock, is_postgres, sqlite_path
+from vitsweep.paths import FileLock, is_grpc, is_postgres, sqlite_path
 from vitsweep.sweep.retry import with_retries
 
 
@@ -131,7 +131,12 @@ class PgStoreLock(_Lock):
 
 def store_lock(url: str, name: str) -> FileStoreLock | PgStoreLock:
     """The lock ``name`` on the store at ``url``; use it as ``with store_lock(...) as lock:`` (closed
-    on exit), and ``with lock.holding():`` around what must not run twice at once."""
+    on exit), and ``with lock.holding():`` around what must not run twice at once. Through a storage
+    proxy (``grpc://``) the proxy holds it for this worker (vitsweep.sweep.proxy)."""
+    if is_grpc(url):
+        from vitsweep.sweep.proxy import ProxyBudgetLock
+
+        return ProxyBudgetLock(url, name)  # type: ignore[return-value]
     return PgStoreLock(url, name) if is_postgres(url) else FileStoreLock(url, name)
 
 

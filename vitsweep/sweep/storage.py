@@ -23,7 +23,7 @@ import sqlalchemy.exc as sa_exc
 from optuna.exceptions import ExperimentalWarning
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import (BUSY_TIMEOUT_S, is_postgres, missing_driver, prepare_sqlite, redact, sqlite_path,
+from vitsweep.paths import (BUSY_TIMEOUT_S, is_grpc, is_postgres, missing_driver, prepare_sqlite, redact, sqlite_path,
                             sqlite_tables, storage_url)
 from vitsweep.sweep.locks import store_lock
 from vitsweep.sweep.retry import POOL, RetryingRDBStorage, with_retries
@@ -122,6 +122,10 @@ SCHEMA_LOCK = "__optuna_schema__"  # workers creating a new store's tables take 
 
 
 def _make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    if is_grpc(url):  # a vitsweep storage-proxy: no database connection here
+        from vitsweep.sweep.proxy import proxy_storage
+
+        return proxy_storage(url, **kwargs)  # type: ignore[return-value]
     if is_postgres(url):
         check_reachable(url)
         # Optuna creates its tables on first use: workers starting together on a new database would

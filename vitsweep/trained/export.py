@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vitsweep.errors import VitsweepError, first_line
-from vitsweep.models.inference import Loaded, load_ref
+from vitsweep.trained.inference import Loaded, load_ref
 from vitsweep.paths import EXPORT_DIR
 
 FORMATS = ("onnx", "torchscript")

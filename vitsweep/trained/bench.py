@@ -24,7 +24,7 @@ import torch
 from vitsweep.train.device import device_name, resolve_device, set_threads, synchronize
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import BENCH_DIR
-from vitsweep.models.inference import load_ref
+from vitsweep.trained.inference import load_ref
 
 DEFAULT_BATCH_SIZES = (1, 4, 16, 64, 128)
 

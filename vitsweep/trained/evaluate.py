@@ -26,7 +26,7 @@ from vitsweep.train.augment import BatchAugment
 from vitsweep.train.data import load_data
 from vitsweep.train.device import device_name, resolve_device
 from vitsweep.errors import VitsweepError, VitsweepWarning
-from vitsweep.models.inference import Loaded, load_ref
+from vitsweep.trained.inference import Loaded, load_ref
 from vitsweep.paths import EVAL_DIR
 from vitsweep.train.evaluate import EvalResult, evaluate as evaluate_split
 

@@ -1,0 +1,1 @@
+"""Running a sweep's workers on a cluster's scheduler: ``slurm`` (``vitsweep submit slurm``)."""
