@@ -69,7 +69,7 @@ def test_the_champion_by_name_for_evaluate_bench_and_export(promoted, capsys):
     assert Path("storage/export/champ-trial1-seed0").is_dir() and err.strip().splitlines()[-1].startswith("next: ")
     from vitsweep.trained.inference import resolve_checkpoint
 
-    assert resolve_checkpoint("models:/vitsweep-champ/1", TRACKING).parent.parent.name == run_id
+    assert resolve_checkpoint("models:/vitsweep-champ/1", TRACKING).parent.name == run_id
     # mistakes: exit 2 with what to do
     for args, expected in [(("evaluate", "models:/vitsweep-nope@champion"), "registered models: vitsweep-champ"),
                            (("evaluate", "models:/vitsweep-champ"), "models:/NAME@ALIAS"),

@@ -167,20 +167,9 @@ ChampionStudyOption = Annotated[Optional[str], typer.Option(
 
 
 def _model_ref(ref: Optional[str], champion: bool, study: Optional[str], tracking_uri: Optional[str]) -> str:
-    """The model an evaluate/bench/export works on: RUN_ID_OR_CHECKPOINT, or --champion's."""
-    if champion and ref:
-        raise VitsweepError(f"give {ref} or --champion, not both")
-    if study and not champion:
-        raise VitsweepError("--study goes with --champion (or give models:/vitsweep-STUDY@champion)")
-    if not champion:
-        if not ref:
-            raise VitsweepError("give a model: a checkpoint (storage/runs/NAME/best.pt), an MLflow run id, "
-                                "models:/vitsweep-STUDY@champion, or --champion")
-        return ref
-    from vitsweep.paths import tracking_uri as resolve_tracking
-    from vitsweep.tracking.artifacts import champion_ref
+    from vitsweep.tracking.artifacts import model_ref
 
-    return champion_ref(study, resolve_tracking(tracking_uri))
+    return model_ref(ref, champion, study, tracking_uri)
 
 
 def next_step(*commands: str) -> None:

@@ -28,9 +28,9 @@ def best_config(study_name: str | None, storage: str | None) -> tuple[str, str, 
                             f"see vitsweep trials --study {study.study_name}") from None
     metric = metric_of(study)
     cfg = trial_config(sweep_of(study), best)
-    about = (f"trial {best.number} of study {study.study_name}, {metric} {fmt_metric(best.value, metric)} "
+    about = (f"best trial {best.number} of study {study.study_name}, {metric} {fmt_metric(best.value, metric)} "
              f"({describe_params(best.params)})")
-    header = (f"# The best {about}.\n# Its full trainer config, as the trial ran it; train it again: "
+    header = (f"# The {about}.\n# Its full trainer config, as the trial ran it; train it again: "
               f"vitsweep train THIS_FILE (add --set train.test=true for its test accuracy)\n")
     return study.study_name, about, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 

@@ -63,6 +63,22 @@ def download_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> Path:
                                 f"(e.g. storage/runs/NAME/best.pt)") from None
 
 
+def model_ref(ref: str | None, champion: bool, study: str | None, tracking_uri: str | None) -> str:
+    """The model an evaluate/bench/export works on: RUN_ID_OR_CHECKPOINT, or --champion's."""
+    if champion and ref:
+        raise VitsweepError(f"give {ref} or --champion, not both")
+    if study and not champion:
+        raise VitsweepError("--study goes with --champion (or give models:/vitsweep-STUDY@champion)")
+    if not champion:
+        if not ref:
+            raise VitsweepError("give a model: a checkpoint (storage/runs/NAME/best.pt), an MLflow run id, "
+                                "models:/vitsweep-STUDY@champion, or --champion")
+        return ref
+    from vitsweep.paths import tracking_uri as resolve_tracking
+
+    return champion_ref(study, resolve_tracking(tracking_uri))
+
+
 def champion_ref(study: str | None, uri: str) -> str:
     """``--champion``: ``models:/vitsweep-<study>@champion``; without ``study``, the registered model
     whose champion was crowned last."""

@@ -104,7 +104,7 @@ def ref_name(path: Path) -> str:
 
 def _run_label(path: Path, tracking_uri: str | None) -> str:
     """Outputs of a run fetched from MLflow are named after the run (``smoke-trial0-seed0``), not its id:
-    the download is ``storage/cache/mlflow/<run_id>/checkpoint/best.pt``."""
+    the download is ``storage/cache/mlflow/<run_id>/best.pt``."""
     from vitsweep.paths import MLFLOW_CACHE_DIR
     from vitsweep.tracking.artifacts import run_name
 
