@@ -314,6 +314,8 @@ def table(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
               if r["fidelity"] == "final" and r["seed"] == PANEL[r["config"]]["seed"] and reading(r, FINAL_EPOCHS)}
     rows = []
     for name, fid in FIDELITIES.items():
+        if name == "final":
+            continue  # the ranking every reading is compared with
         for epoch in fid["read"]:
             got = {r["config"]: reading(r, epoch) for r in records.values()
                    if r["fidelity"] == name and r["seed"] == PANEL[r["config"]]["seed"] and r["config"] in finals}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -424,7 +423,7 @@ def summary(args, device, results: dict, budget: Budget) -> None:
     say(f"{name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, {budget.elapsed() / 60:.1f} min in all"
         + (" -- QUICK RUN ON TINY MODELS: NOT A MEASUREMENT" if args.quick else ""))
     if any(isinstance(k, tuple) and len(k) == 3 for k in results):
-        say(f"| model | bf16 eager | bf16 compiled | fp32 eager | fp32 compiled |")
+        say("| model | bf16 eager | bf16 compiled | fp32 eager | fp32 compiled |")
         for model in MODELS:
             cells = [results.get((model, p, m)) for p in ("bf16", "fp32") for m in ("eager", "compiled")]
             say(f"| {model} | " + " | ".join("skipped" if c is None else f"{c:,.0f}" for c in cells) + " |")

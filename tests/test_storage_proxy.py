@@ -87,7 +87,7 @@ class Proxy:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Proxy:
-        from vitsweep.sweep.proxy import check_proxy
+        from vitsweep.sweep.proxy_client import check_proxy
 
         self.proc = spawn_cli("storage-proxy", "--storage", self.storage, "--port", str(self.port), cwd=self.cwd)
         deadline = time.time() + 120

@@ -14,7 +14,11 @@ import typer
 from typer.core import TyperGroup
 
 from vitsweep import signals
+from vitsweep.cluster.commands import storage_proxy, submit_app
+from vitsweep.sweep.commands import best, next_step, stop
 from vitsweep.errors import VitsweepError, one_line, plain_warnings
+from vitsweep.options import (ChampionOption, ChampionStudyOption, DeviceOption, ReadStorageOption, RefArgument,
+                              SetOption, StorageOption, SweepTrackingUriOption, ThreadsOption, TrackingUriOption)
 
 
 class _Group(TyperGroup):
@@ -74,7 +78,6 @@ app = typer.Typer(
 )
 
 
-
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
@@ -93,16 +96,6 @@ def _root(
     The workflow, in order: run a sweep; watch it (trials, studies, dashboard, ui); report on it;
     promote its best configs to full-length runs with honest test accuracy. train runs one config;
     evaluate, bench and export work on a trained model."""
-
-
-SetOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a config key: --set model.patch_size=8 (repeatable)."),
-]
-
-
-ThreadsOption = Annotated[Optional[int], typer.Option(
-    "--threads", help="CPU threads for torch [default: torch's choice, one per core].")]
 
 
 def _threads(threads: Optional[int]) -> None:
@@ -155,33 +148,10 @@ def train(
         next_step(f"vitsweep evaluate {run_dir / 'best.pt'}")
 
 
-RefArgument = Annotated[Optional[str], typer.Argument(
-    metavar="[RUN_ID_OR_CHECKPOINT]", show_default=False,
-    help="A checkpoint file (storage/runs/NAME/best.pt), an MLflow run id, or a registered model "
-         "(models:/vitsweep-STUDY@champion); or --champion.")]
-ChampionOption = Annotated[bool, typer.Option(
-    "--champion", help="The promoted champion: models:/vitsweep-STUDY@champion (--study STUDY, else the "
-                       "champion crowned last).")]
-ChampionStudyOption = Annotated[Optional[str], typer.Option(
-    "--study", help="With --champion: whose champion [default: the champion crowned last].")]
-
-
 def _model_ref(ref: Optional[str], champion: bool, study: Optional[str], tracking_uri: Optional[str]) -> str:
     from vitsweep.tracking.artifacts import model_ref
 
     return model_ref(ref, champion, study, tracking_uri)
-
-
-def next_step(*commands: str) -> None:
-    """The command's last line: what to run next (stderr: stdout stays the command's own output)."""
-    typer.echo("next: " + "   or   ".join(commands), err=True)
-TrackingUriOption = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking store [default: $MLFLOW_TRACKING_URI, else sqlite:///storage/mlflow.db]; "
-                           "'none': off.")]
-SweepTrackingUriOption = Annotated[Optional[str], typer.Option(  # run: the sweep file may name one
-    "--tracking-uri", help="MLflow tracking store [default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI, "
-                           "else sqlite:///storage/mlflow.db]; 'none': off.")]
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 
 
 @app.command()
@@ -258,17 +228,6 @@ def export(
     next_step(f"serve {result.path} (its classes, image size and normalisation are in {result.sidecar.name})")
 
 
-StorageOption = Annotated[
-    Optional[str],
-    typer.Option("--storage", help="Optuna storage URL [default: the sweep file's storage.url, else "
-                             "$VITSWEEP_STORAGE, else sqlite:///storage/optuna.db]."),
-]
-ReadStorageOption = Annotated[  # the commands that read a study: no sweep file
-    Optional[str],
-    typer.Option("--storage", help="Optuna storage URL [default: $VITSWEEP_STORAGE, else sqlite:///storage/optuna.db]."),
-]
-
-
 @app.command()
 def run(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML, e.g. sweeps/smoke.yaml.")],
@@ -290,66 +249,6 @@ def run(
                                            tracking_uri=tracking_uri)
     summary = run_sweep(cfg, workers=workers)
     next_step(f"vitsweep trials --study {summary.study_name} --sort value", f"vitsweep report --study {summary.study_name}")
-
-
-submit_app = typer.Typer(help="Submit a sweep's workers to a cluster's scheduler (Slurm).\n\n"
-                              "Example: vitsweep submit slurm sweeps/adan_betas.yaml --workers 8 --dry-run",
-                         no_args_is_help=True, rich_markup_mode=None)
-app.add_typer(submit_app, name="submit")
-
-
-@submit_app.command("slurm")
-def submit_slurm(
-    sweep: Annotated[Path, typer.Argument(help="Sweep YAML, e.g. sweeps/adan_betas.yaml.")],
-    workers: Annotated[int, typer.Option("--workers", help="Array tasks, each one `vitsweep run --workers 1`.")],
-    gpus_per_worker: Annotated[int, typer.Option("--gpus-per-worker", help="GPUs per task (--gres=gpu:N); 0: "
-                                                 "CPU only.")] = 0,
-    cpus_per_worker: Annotated[Optional[int], typer.Option("--cpus-per-worker", help="CPU cores per task "
-                               "(--cpus-per-task) [default: the cluster's].")] = None,
-    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition [default: the "
-                         "cluster's].")] = None,
-    time_limit: Annotated[Optional[str], typer.Option("--time", help="Time limit per task, HH:MM:SS [default: the "
-                          "partition's].")] = None,
-    requeue: Annotated[bool, typer.Option("--requeue", help="Let Slurm start a preempted task (or one on a failed "
-                                          "node) again; its trial resumes from its checkpoint.")] = False,
-    signal_before: Annotated[int, typer.Option("--signal-before", help="Seconds before the time limit to SIGTERM "
-                             "the worker (its trial is re-queued); 0: only Slurm's own.")] = 120,
-    storage: StorageOption = None,
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI ('none': off) "
-                            "[default: the sweep file's tracking.uri, else $MLFLOW_TRACKING_URI].")] = None,
-    allow_sqlite: Annotated[bool, typer.Option("--allow-sqlite", help="Accept sqlite:/// stores (their folder is on "
-                                               "a filesystem every node mounts).")] = False,
-    sbatch: Annotated[Optional[list[str]], typer.Option("--sbatch", help="Another #SBATCH option, e.g. "
-                      "--sbatch=--account=proj (repeatable).")] = None,
-    set_: SetOption = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job script; write and submit nothing.")] = False,
-) -> None:
-    """Run a sweep's workers as one Slurm job array (a plain sbatch script, shown with --dry-run).
-
-    Example: vitsweep submit slurm sweeps/adan_betas.yaml --workers 8 --gpus-per-worker 1 --time 04:00:00"""
-    from vitsweep.cluster.slurm import Request, submit
-
-    submit(Request(sweep=sweep, workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                   partition=partition, time=time_limit, requeue=requeue, signal_before=signal_before,
-                   allow_sqlite=allow_sqlite, storage=storage, tracking_uri=tracking_uri, sbatch=tuple(sbatch or ()),
-                   set_=tuple(set_ or ())), dry_run=dry_run)
-
-
-@app.command("storage-proxy")
-def storage_proxy(
-    storage: ReadStorageOption = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on; it must be free.")] = 13000,
-    threads: Annotated[int, typer.Option("--threads", help="Threads serving storage calls (each may hold one "
-                                         "database connection).")] = 16,
-) -> None:
-    """Serve the sweep storage to workers through Optuna's gRPC storage proxy (--storage grpc://HOST:PORT).
-
-    Example: vitsweep storage-proxy --storage postgresql://USER@DBHOST/optuna --host 0.0.0.0"""
-    from vitsweep.paths import storage_url
-    from vitsweep.sweep.proxy import serve
-
-    serve(storage_url(storage), host, port, threads)
 
 
 @app.command()
@@ -383,25 +282,6 @@ def studies(storage: ReadStorageOption = None) -> None:
         next_step(f"vitsweep trials --study {latest} --sort value")
     else:
         next_step("vitsweep run sweeps/smoke.yaml")
-
-
-@app.command()
-def stop(
-    study: Annotated[str, typer.Argument(help="The study to stop.")],
-    storage: ReadStorageOption = None,
-) -> None:
-    """Stop a study: every worker finishes its current trial and starts no new one.
-
-    Example: vitsweep stop cifar10_cpu"""
-    from vitsweep.paths import storage_url
-    from vitsweep.sweep.plateau import stop_by_hand
-    from vitsweep.sweep.storage import load_study
-
-    st = load_study(study, storage_url(storage))
-    reason, now = stop_by_hand(st)
-    typer.echo(f"study {st.study_name}: " + ("every worker stops after its current trial" if now
-                                             else f"already stopped ({reason})"))
-    next_step(f"vitsweep trials --study {st.study_name} --sort value")
 
 
 @app.command()
@@ -441,23 +321,6 @@ def promote(
                    f"runs are kept, the interrupted one resumes from its last epoch)", err=True)
         raise typer.Exit(signals.exit_code(e)) from None
     next_step(f"vitsweep report --study {res.study}", f"vitsweep evaluate --champion --study {res.study}")
-
-
-@app.command()
-def best(
-    study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the latest].")] = None,
-    storage: ReadStorageOption = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="YAML file to write [default: print it].")] = None,
-) -> None:
-    """The best trial's full trainer config, as a file vitsweep train runs.
-
-    Example: vitsweep best --study smoke -o best.yaml"""
-    from vitsweep.sweep.best import write_best
-
-    name, about = write_best(study, storage, out)
-    if out is not None:
-        typer.echo(f"wrote {out}: the {about}", err=True)
-    next_step(f"vitsweep train {out or 'best.yaml'}" + ("" if out else "  (save it first: vitsweep best -o best.yaml)"))
 
 
 @app.command()
@@ -509,6 +372,12 @@ def ui(
     from vitsweep.servers import ui as serve
 
     raise typer.Exit(serve(resolve_tracking(tracking_uri), host, port))
+
+
+app.add_typer(submit_app, name="submit")
+app.command("storage-proxy")(storage_proxy)
+app.command()(best)
+app.command()(stop)
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from typing import Callable
 
 from vitsweep import __version__
 from vitsweep.errors import ConfigError, VitsweepError
-from vitsweep.paths import (STORAGE, STORAGE_ENV, TRACKING_ENV, atomic_write, is_grpc, redact, sqlite_path,
+from vitsweep.paths import (STORAGE, STORAGE_ENV, TRACKING_ENV, atomic_write, redact, sqlite_path,
                             tracking_off)
 
 SLURM_DIR = STORAGE / "slurm"  # storage/slurm/<study>/: the scripts and a log per array task

@@ -134,7 +134,7 @@ def store_lock(url: str, name: str) -> FileStoreLock | PgStoreLock:
     on exit), and ``with lock.holding():`` around what must not run twice at once. Through a storage
     proxy (``grpc://``) the proxy holds it for this worker (vitsweep.sweep.proxy)."""
     if is_grpc(url):
-        from vitsweep.sweep.proxy import ProxyBudgetLock
+        from vitsweep.sweep.proxy_client import ProxyBudgetLock
 
         return ProxyBudgetLock(url, name)  # type: ignore[return-value]
     return PgStoreLock(url, name) if is_postgres(url) else FileStoreLock(url, name)

@@ -54,14 +54,7 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
     t0 = time.perf_counter()
-    # Everything a user can get wrong is found before anything is created: an unreachable MLflow
-    # server, the data (missing root, corrupt image, val_size too large), the tracking store.
-    if sweep.storage.url == sweep.tracking.uri:
-        raise ConfigError(f"the Optuna storage and the MLflow tracking store are one database ({redact(sweep.storage.url)}); "
-                          f"both keep their own schema version there and would refuse each other: give each its "
-                          f"own database (e.g. .../optuna and .../mlflow)")
-    check_tracking_server(sweep.tracking.uri)
-    load_data(sweep.base.data)  # memoized: a one-worker sweep on a CPU trains on this very copy
+    check_before_anything(sweep)
     stores = Stores.open(sweep)  # the one in-process worker uses these too
     tracker, storage = stores.tracker, stores.storage
     study, parent = set_up(sweep, storage, tracker)
@@ -111,6 +104,17 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     if stop is not None:
         raise stop
     return summary
+
+
+def check_before_anything(sweep: SweepConfig) -> None:
+    """Everything a user can get wrong, found before anything is created: one database for both
+    stores, an unreachable MLflow server, the data (missing root, corrupt image, val_size too large)."""
+    if sweep.storage.url == sweep.tracking.uri:
+        raise ConfigError(f"the Optuna storage and the MLflow tracking store are one database ({redact(sweep.storage.url)}); "
+                          f"both keep their own schema version there and would refuse each other: give each its "
+                          f"own database (e.g. .../optuna and .../mlflow)")
+    check_tracking_server(sweep.tracking.uri)
+    load_data(sweep.base.data)  # memoized: a one-worker sweep on a CPU trains on this very copy
 
 
 def _fan_out(sweep: SweepConfig, placements: list[placement.Placement], parent: str | None,

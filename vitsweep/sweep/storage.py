@@ -123,7 +123,7 @@ SCHEMA_LOCK = "__optuna_schema__"  # workers creating a new store's tables take 
 
 def _make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     if is_grpc(url):  # a vitsweep storage-proxy: no database connection here
-        from vitsweep.sweep.proxy import proxy_storage
+        from vitsweep.sweep.proxy_client import proxy_storage
 
         return proxy_storage(url, **kwargs)  # type: ignore[return-value]
     if is_postgres(url):
