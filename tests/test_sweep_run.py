@@ -501,7 +501,9 @@ def test_the_runs_table_has_a_saved_view_with_the_metric_the_trial_state_and_the
     runs = client.search_runs([exp.experiment_id], filter_string=state["searchFilter"],
                               order_by=["metrics.`best_val_acc_pct` DESC"])
     study = load_study("s", f"sqlite:///{root}/optuna.db")
-    assert int(runs[0].data.tags["optuna.trial_number"]) == study.best_trial.number
+    best = [t.number for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.value == study.best_value]
+    assert int(runs[0].data.tags["optuna.trial_number"]) in best  # Optuna's best (or a trial tied with it)
+    assert runs[0].data.metrics["best_val_acc_pct"] == pytest.approx(100 * study.best_value)
     for r in runs:
         t = study.trials[int(r.data.tags["optuna.trial_number"])]
         assert r.data.metrics["best_val_acc_pct"] == pytest.approx(100 * r.data.metrics["best_val_acc"])
@@ -559,7 +561,7 @@ def test_a_pruned_trial_says_why_everywhere(swept, capsys):
     url = f"sqlite:///{root}/optuna.db"
     study = load_study("s", url)
     pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
-    assert pruned
+    assert any(t.number < 6 for t in pruned)
     runs = mlflow_runs(root, "s")
     code, out, _ = cli("trials", "--study", "s", "--storage", url, capsys=capsys)
     assert code == 0
@@ -574,4 +576,5 @@ def test_a_pruned_trial_says_why_everywhere(swept, capsys):
         assert runs[t.number].data.tags["vitsweep.reason"] == reason
         assert reason in runs[t.number].data.tags["mlflow.note.content"]
         assert reason in out and reason in report
-        assert any(line.startswith(f"trial {t.number:>3}  PRUNED") and f"({reason})" in line for line in lines)
+        if t.number < 6:  # the fixture's own sweep printed these lines (test_resume_continues_the_study adds trials)
+            assert any(line.startswith(f"trial {t.number:>3}  PRUNED") and f"({reason})" in line for line in lines)
