@@ -251,7 +251,7 @@ def test_run_id_resolution(ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{moved / 'mlflow.db'}")
     code, out, err = cli("export", with_model, "--format", "onnx", capsys=capsys)
     assert code == 0, err
-    assert Path(f"storage/export/{with_model}/model.onnx").is_file()
+    assert Path("storage/export/with-model/model.onnx").is_file()  # named after the run, not its id
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
 
     code, _, err = cli("bench", without, "--tracking-uri", uri, capsys=capsys)

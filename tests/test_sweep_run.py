@@ -482,15 +482,35 @@ def test_the_mlflow_ui_opens_on_training_runs_and_pruned_runs_say_so(swept):
 
 
 def test_the_runs_table_has_a_saved_view_with_the_metric_the_trial_state_and_the_searched_params(swept):
+    """Issue 22 item 10: best first by the trial's own value (not the last epoch's val_acc), in percent,
+    with state, reason and epochs; trial runs only (the promoted runs have a view of their own)."""
     root, summary, _ = swept
-    exp = MlflowClient(f"sqlite:///{root}/mlflow.db").get_experiment_by_name("s")
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("s")
     view = json.loads(exp.tags["mlflow.sharedViewState.vitsweep"])  # the UI's saved-view envelope
     assert view["name"] == "vitsweep: trials" and isinstance(view["createdAt"], int)
     state = json.loads(view["state"])
-    assert state["selectedColumns"] == ["metrics.`val_acc`", "tags.`vitsweep.trial_state`", "params.`optimizer.name`",
+    assert state["selectedColumns"] == ["metrics.`best_val_acc_pct`", "tags.`vitsweep.trial_state`",
+                                        "tags.`vitsweep.reason`", "metrics.`run/epochs_run`", "params.`optimizer.name`",
                                         "params.`optimizer.lr`", "params.`optimizer.betas`"]
-    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val_acc`", False)  # best first
-    assert state["runsExpanded"] == {summary.parent_run_id: True}  # the trials show under the sweep's run
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`best_val_acc_pct`", False)  # best first
+    assert state["searchFilter"] == "tags.`vitsweep.kind` = 'trial'"
+    promoted = json.loads(json.loads(exp.tags["mlflow.sharedViewState.vitsweep-promoted"])["state"])
+    assert promoted["searchFilter"] == "tags.`vitsweep.kind` = 'promoted'"
+    # The view's order is Optuna's: the runs as MLflow sorts them by the view's key, best trial first.
+    runs = client.search_runs([exp.experiment_id], filter_string=state["searchFilter"],
+                              order_by=["metrics.`best_val_acc_pct` DESC"])
+    study = load_study("s", f"sqlite:///{root}/optuna.db")
+    best = [t.number for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.value == study.best_value]
+    assert int(runs[0].data.tags["optuna.trial_number"]) in best  # Optuna's best (or a trial tied with it)
+    assert runs[0].data.metrics["best_val_acc_pct"] == pytest.approx(100 * study.best_value)
+    for r in runs:
+        t = study.trials[int(r.data.tags["optuna.trial_number"])]
+        assert r.data.metrics["best_val_acc_pct"] == pytest.approx(100 * r.data.metrics["best_val_acc"])
+        assert r.data.metrics["run/epochs_run"] == len(t.intermediate_values)
+        # the run page charts the model's metrics first: bookkeeping is under run/
+        assert {"run/lr", "run/epoch_time", "run/trainer_s"} <= set(r.data.metrics)
+        assert not {"lr", "epoch_time", "images_per_sec", "trainer_s"} & set(r.data.metrics)
 
 
 def test_each_trial_line_says_how_far_the_sweep_is_the_best_so_far_and_an_eta(swept):
@@ -528,3 +548,33 @@ def test_on_a_terminal_a_live_line_shows_the_running_trials_epoch_and_plain_outp
     assert "best val_acc -" in statuses[0] and "best val_acc -" not in statuses[-1]  # trial 0's value, once done
     assert stderr.getvalue().endswith("\r\x1b[2K")  # cleared when the sweep ends: the summary is not overwritten
     assert [line for line in lines if line.startswith("trial ")]  # the plain trial lines are printed as before
+
+
+def test_a_pruned_trial_says_why_everywhere(swept, capsys):
+    """Issue 22 item 11: the bracket, the rung, the value it needed and its rank, in the trial's user
+    attrs (the dashboard), the sweep's trial line, ``vitsweep trials``, the report and MLflow, whole."""
+    import re
+
+    from vitsweep.report.page import _trials_section
+
+    root, _, lines = swept
+    url = f"sqlite:///{root}/optuna.db"
+    study = load_study("s", url)
+    pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
+    assert any(t.number < 6 for t in pruned)
+    runs = mlflow_runs(root, "s")
+    code, out, _ = cli("trials", "--study", "s", "--storage", url, capsys=capsys)
+    assert code == 0
+    report = _trials_section(study).html
+    for t in pruned:
+        reason = t.user_attrs["fail_reason"]
+        m = re.fullmatch(r"pruned at epoch (\d)/3: Hyperband bracket \d of \d, rung \d: val_acc [\d.]+% ranked "
+                         r"(\d+)\S* of (\d+); needed [\d.]+% \(the top (\d+) of \3 go on: 1/2 of the trials at this "
+                         r"rung\)", reason)
+        assert m, reason
+        assert int(m.group(2)) > int(m.group(4))  # ranked below the trials that went on
+        assert runs[t.number].data.tags["vitsweep.reason"] == reason
+        assert reason in runs[t.number].data.tags["mlflow.note.content"]
+        assert reason in out and reason in report
+        if t.number < 6:  # the fixture's own sweep printed these lines (test_resume_continues_the_study adds trials)
+            assert any(line.startswith(f"trial {t.number:>3}  PRUNED") and f"({reason})" in line for line in lines)

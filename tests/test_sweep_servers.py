@@ -90,10 +90,17 @@ def test_ui_opens_the_runs_table_on_the_metric_the_trial_state_and_the_searched_
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(30)
-    for column in ("val_acc", "vitsweep.trial_state", "optimizer.lr"):  # column headers of the runs table
+    for column in ("best_val_acc_pct", "vitsweep.trial_state", "vitsweep.reason", "optimizer.lr"):  # column headers
         assert column in in_view, column
         assert column not in default, column  # MLflow's own default columns: Source, Models, Dataset
-    assert "srv-trial-0" in in_view and "COMPLETE" in in_view  # the trials, unfolded under the sweep's run
+    assert "srv-trial-0" in in_view and "COMPLETE" in in_view  # the trials, listed flat
+    # best first (Optuna's best trial), its value in percent (22.5, not 0.225)
+    from vitsweep.sweep.storage import load_study
+
+    best = load_study("srv", f"sqlite:///{stores}/optuna.db").best_trial
+    other = 1 - best.number
+    assert in_view.index(f"srv-trial-{best.number}") < in_view.index(f"srv-trial-{other}")
+    assert f"{100 * best.value:.2f}"[:4] in in_view
 
 
 @pytest.mark.parametrize("command, store", [("ui", "--tracking-uri"), ("dashboard", "--storage")])

@@ -11,68 +11,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
-
-try:
-    from typer._click.exceptions import UsageError  # typer 0.2x carries its own click
-except ImportError:  # pragma: no cover - older typer: click itself
-    from click.exceptions import UsageError
 
 from vitsweep import signals
 from vitsweep.cluster.commands import storage_proxy, submit_app
-from vitsweep.errors import VitsweepError, one_line, plain_warnings
-from vitsweep.options import (DeviceOption, ReadStorageOption, RefArgument, SetOption, StorageOption,
-                              SweepTrackingUriOption, ThreadsOption, TrackingUriOption)
-
-
-class _Group(TyperGroup):
-    """Turn a user's mistake (VitsweepError) into 'error: ...' on stderr and its exit code (2);
-    list the commands in workflow order."""
-
-    ORDER = ("run", "submit", "storage-proxy", "trials", "studies", "dashboard", "ui", "report", "promote", "train", "evaluate", "bench",
-             "export")
-
-    def list_commands(self, ctx):  # noqa: ANN001, ANN201
-        names = super().list_commands(ctx)
-        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
-
-    def invoke(self, ctx):  # noqa: ANN001, ANN201
-        try:
-            return super().invoke(ctx)
-        except VitsweepError as e:
-            typer.echo(f"error: {_short_args(str(e))}", err=True)
-            raise typer.Exit(e.exit_code) from None
-        except UsageError as e:  # click's own, e.g. "No such option: --LONG..."
-            e.message = _short_args(e.message)
-            raise
-        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
-            if not _out_of_memory(e):
-                raise
-            typer.echo(f"error: out of memory ({one_line(e, 200)}); use less of it: a smaller "
-                       f"train.batch_size or train.micro_batch (train, promote), smaller --batch-sizes (bench, "
-                       f"evaluate), or a smaller model (model.dim, depth, a larger patch_size)", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (vitsweep.signals): the command cleaned up
-            typer.echo(signals.describe(e), err=True)
-            raise typer.Exit(signals.exit_code(e)) from None
-
-
-def _short_args(message: str) -> str:
-    """``message`` with each long command-line argument it quotes shortened (vitsweep.inputs.brief):
-    an option's value is quoted as typed, however long."""
-    from vitsweep.inputs import SHOWN_PATH, brief
-
-    for arg in sys.argv[1:]:
-        for value in {arg, arg.partition("=")[2]}:
-            if len(value) > SHOWN_PATH:
-                message = message.replace(repr(value), brief(value, limit=SHOWN_PATH))
-                message = message.replace(value, brief(value, plain=True, limit=SHOWN_PATH))
-    return message
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    text = str(e).lower()
-    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+from vitsweep.sweep.commands import best, next_step, stop
+from vitsweep.errors import VitsweepError, plain_warnings
+from vitsweep.options import (CommandGroup, ChampionOption, ChampionStudyOption, DeviceOption, ReadStorageOption, RefArgument,
+                              SetOption, StorageOption, SweepTrackingUriOption, ThreadsOption, TrackingUriOption)
 
 
 def _existing_ref(ref: str) -> bool:
@@ -90,13 +35,12 @@ def _folder(path: Optional[Path], option: str) -> None:
 
 
 app = typer.Typer(
-    cls=_Group,
+    cls=CommandGroup,
     rich_markup_mode=None,  # help texts say "[default: ...]" literally
     no_args_is_help=True,
     add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
 )
-
 
 
 def _version(value: bool) -> None:
@@ -117,9 +61,6 @@ def _root(
     The workflow, in order: run a sweep; watch it (trials, studies, dashboard, ui); report on it;
     promote its best configs to full-length runs with honest test accuracy. train runs one config;
     evaluate, bench and export work on a trained model."""
-
-
-
 
 
 def _threads(threads: Optional[int]) -> None:
@@ -170,19 +111,26 @@ def train(
         console.err(f"error: training diverged (a non-finite loss at epoch {result.epochs_run}); lower optimizer.lr, "
                     f"or keep optimizer.grad_clip on")
         raise typer.Exit(1)
+    if cfg.train.checkpoint and (run_dir / "best.pt").is_file():
+        next_step(f"vitsweep evaluate {run_dir / 'best.pt'}")
 
 
+def _model_ref(ref: Optional[str], champion: bool, study: Optional[str], tracking_uri: Optional[str]) -> str:
+    from vitsweep.tracking.artifacts import model_ref
 
+    return model_ref(ref, champion, study, tracking_uri)
 
 
 @app.command()
 def evaluate(
-    ref: RefArgument,
+    ref: RefArgument = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/eval/NAME].")] = None,
     fp8: Annotated[bool, typer.Option("--fp8", help="Also evaluate with simulated FP8 (E4M3) weights.")] = False,
     device: DeviceOption = "auto",
     tracking_uri: TrackingUriOption = None,
     threads: ThreadsOption = None,
+    champion: ChampionOption = False,
+    study: ChampionStudyOption = None,
 ) -> None:
     """Test-split top-1, loss, per-class accuracy, confusion matrix and a prediction grid.
 
@@ -191,20 +139,24 @@ def evaluate(
 
     _folder(out, "--out")
     _threads(threads)
+    ref = _model_ref(ref, champion, study, tracking_uri)
     if _existing_ref(ref):
         typer.echo(f"evaluating {ref} on its test split (loading the model and the data first)...", err=True)
     print(format_summary(run_evaluate(ref, out=out, device=device, fp8=fp8, tracking_uri=tracking_uri)))
+    next_step(f"vitsweep bench {ref}", f"vitsweep export {ref}")
 
 
 @app.command()
 def bench(
-    ref: RefArgument,
+    ref: RefArgument = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,4,16,64,128",
     device: DeviceOption = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/bench/NAME].")] = None,
     min_time: Annotated[float, typer.Option(help="Seconds of timed passes per batch size (at least 5 passes).")] = 1.0,
     threads: ThreadsOption = None,
     tracking_uri: TrackingUriOption = None,
+    champion: ChampionOption = False,
+    study: ChampionStudyOption = None,
 ) -> None:
     """Inference latency (median, p90) and images/s by batch size: bench.json and bench.html.
 
@@ -213,19 +165,23 @@ def bench(
 
     _folder(out, "--out")
     sizes = parse_batch_sizes(batch_sizes)
+    ref = _model_ref(ref, champion, study, tracking_uri)
     if _existing_ref(ref):
         typer.echo(f"benchmarking {ref} at batch sizes {', '.join(map(str, sizes))} (~{min_time:g} s of timed "
                    f"passes each, after warm-up)...", err=True)
     print(format_summary(run_bench(ref, sizes, device=device, out=out, min_time=min_time,
                                    threads=threads, tracking_uri=tracking_uri)))
+    next_step(f"vitsweep export {ref}")
 
 
 @app.command()
 def export(
-    ref: RefArgument,
+    ref: RefArgument = None,
     format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option(help="Output folder [default: storage/export/NAME].")] = None,
     tracking_uri: TrackingUriOption = None,
+    champion: ChampionOption = False,
+    study: ChampionStudyOption = None,
 ) -> None:
     """ONNX or TorchScript file, verified against PyTorch's logits, with its config beside it as JSON.
 
@@ -233,10 +189,10 @@ def export(
     from vitsweep.trained.export import format_summary, run_export
 
     _folder(out, "--out")
-    print(format_summary(run_export(ref, format, out=out, tracking_uri=tracking_uri)))
-
-
-
+    ref = _model_ref(ref, champion, study, tracking_uri)
+    result = run_export(ref, format, out=out, tracking_uri=tracking_uri)
+    print(format_summary(result))
+    next_step(f"serve {result.path} (its classes, image size and normalisation are in {result.sidecar.name})")
 
 
 @app.command()
@@ -260,7 +216,8 @@ def run(
                                            tracking_uri=tracking_uri)
     from vitsweep.sweep.runner import run_sweep
 
-    run_sweep(cfg, workers=workers)
+    summary = run_sweep(cfg, workers=workers)
+    next_step(f"vitsweep trials --study {summary.study_name} --sort value", f"vitsweep report --study {summary.study_name}")
 
 
 @app.command()
@@ -277,7 +234,8 @@ def trials(
     from vitsweep.paths import storage_url
     from vitsweep.sweep.trials import show_trials
 
-    show_trials(study, storage_url(storage), csv, sort, top)
+    name = show_trials(study, storage_url(storage), csv, sort, top)
+    next_step(f"vitsweep report --study {name}", f"vitsweep best --study {name} -o best.yaml")
 
 
 @app.command()
@@ -288,7 +246,11 @@ def studies(storage: ReadStorageOption = None) -> None:
     from vitsweep.paths import storage_url
     from vitsweep.sweep.trials import show_studies
 
-    show_studies(storage_url(storage))
+    latest = show_studies(storage_url(storage))
+    if latest:
+        next_step(f"vitsweep trials --study {latest} --sort value")
+    else:
+        next_step("vitsweep run sweeps/smoke.yaml")
 
 
 @app.command()
@@ -322,13 +284,14 @@ def promote(
 
     _threads(threads)
     try:
-        run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri,
+        res = run_promote(top=top, epochs=epochs, study=study, storage=storage, tracking_uri=tracking_uri,
                     patience=patience, min_delta=min_delta, seeds=seeds, out_dir=out or DEFAULT_OUT,
                     overrides=overrides, from_scratch=from_scratch)
     except KeyboardInterrupt as e:
         typer.echo(f"\n{signals.describe(e)}: run the same vitsweep promote command again to continue (finished "
                    f"runs are kept, the interrupted one resumes from its last epoch)", err=True)
         raise typer.Exit(signals.exit_code(e)) from None
+    next_step(f"vitsweep report --study {res.study}", f"vitsweep evaluate --champion --study {res.study}")
 
 
 @app.command()
@@ -345,7 +308,11 @@ def report(
     Example: vitsweep report --study cifar10_cpu"""
     from vitsweep.report.page import write_report
 
-    write_report(study, storage, tracking_uri, out, promote_dir)
+    res = write_report(study, storage, tracking_uri, out, promote_dir)
+    if res.promotion:
+        next_step(f"vitsweep evaluate models:/vitsweep-{res.study}@champion")
+    else:
+        next_step(f"vitsweep promote --study {res.study} --top 3 --epochs 30")
 
 
 @app.command()
@@ -380,6 +347,8 @@ def ui(
 
 app.add_typer(submit_app, name="submit")
 app.command("storage-proxy")(storage_proxy)
+app.command()(best)
+app.command()(stop)
 
 
 def main() -> None:

@@ -228,10 +228,13 @@ def _crown(p: _Plan, board: pd.DataFrame, records: list[RunRecord]) -> None:
     champion = int(board.iloc[0]["trial"])
     best_runs = [r for r in records if r.trial == champion and r.mlflow_run_id and r.test_acc is not None]
     if best_runs:
-        version = p.ml.crown(max(best_runs, key=lambda r: r.best_val_acc).mlflow_run_id)
+        crowned = max(best_runs, key=lambda r: r.best_val_acc)
+        version = p.ml.crown(crowned.mlflow_run_id)
         if version:
             p.out(f"registered model {p.ml.model_name}: version {version} of trial {champion} "
                   f"has the alias '{CHAMPION}'")
+            p.out(f"champion: MLflow run {crowned.mlflow_run_id}, checkpoint {Path(crowned.run_dir) / 'best.pt'}; "
+                  f"use it as models:/{p.ml.model_name}@{CHAMPION} (or --champion)")
 
 
 def write_champion(root: Path, board: pd.DataFrame, records: list[RunRecord]) -> Path:

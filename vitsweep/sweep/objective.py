@@ -3,7 +3,8 @@ try's checkpoint, train with ``train_fn`` while reporting every epoch (pruning r
 ``optuna.TrialPruned`` from the trainer's ``on_epoch`` callback), then record how it ended.
 
 How a trial ends, and what it leaves:
-- COMPLETE: its best epoch's metric; PRUNED: the last reported value and "pruned at epoch N/M".
+- COMPLETE: its best epoch's metric; PRUNED: the last reported value and "pruned at epoch N/M: ..."
+  (the pruner's bracket, rung, the value needed and the trial's rank: ``why.why_pruned``).
 - FAIL for a recorded reason (``TrialFailed``; the sweep goes on): a bad sampled combination, a
   diverged loss, no finite metric, or any trainer error (out of memory...).
 - Ctrl-C: recorded as interrupted and re-queued (its checkpoint stays: the retry resumes from it).
@@ -29,7 +30,8 @@ from vitsweep.errors import ConfigError, DataError, one_line
 from vitsweep.sweep.resume import requeue, resume, retry_history
 from vitsweep.sweep.space import suggest
 from vitsweep.sweep.spec import SweepConfig
-from vitsweep.tracking.tags import FLOPS_ATTR, REASON_ATTR
+from vitsweep.sweep.why import why_pruned
+from vitsweep.tracking.tags import EPOCHS_METRIC, FLOPS_ATTR, REASON_ATTR
 from vitsweep.units import fmt_metric
 from vitsweep.tracking.runs import Tracker
 from vitsweep.tracking.tags import RUN_ATTR, RUN_DIR_ATTR
@@ -82,6 +84,8 @@ class Objective:
             return self._run(trial, run_dir, predecessors, end)
         except optuna.TrialPruned as e:
             end.state, end.reason, end.value = "PRUNED", str(e), (end.seen[-1] if end.seen else None)
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(REASON_ATTR, end.reason)  # vitsweep trials, the report, the dashboard
             raise
         except TrialFailed as e:
             end.reason = str(e)
@@ -117,7 +121,7 @@ class Objective:
                     trial.set_user_attr(FLOPS_ATTR, end.flops)
             with contextlib.suppress(Exception):
                 self.tracker.end_trial(end.run_id, end.state, end.reason, end.value, self.metric,
-                                       {"trainer_s": end.train_s - end.callbacks_s})
+                                       {"trainer_s": end.train_s - end.callbacks_s, EPOCHS_METRIC: len(end.seen)})
             shield.close()
 
     def _run(self, trial: optuna.Trial, run_dir: Path, predecessors: list[int], end: _Ending) -> float:
@@ -190,7 +194,8 @@ class Objective:
             trial.report(v, epoch)
             # After the last epoch, pruning would save nothing and only hide a finished result.
             if epoch < epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}/{epochs} ({metric} {fmt_metric(v, metric)})"
+                why = why_pruned(trial.study, trial._trial_id, epoch, v, metric) or f"{metric} {fmt_metric(v, metric)}"
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}/{epochs}: {why}"
                                          + (" (epochs re-reported after resuming)" if resumed else ""))
 
         return report

@@ -53,3 +53,16 @@ def check(study: optuna.Study, patience: int | None, min_delta: float, metric: s
     if reason:
         study.set_user_attr(STOPPED_ATTR, reason)
     return reason
+
+
+def stop_by_hand(study: optuna.Study) -> tuple[str, bool]:
+    """``vitsweep stop``: the plateau flag set by hand, so every worker (on any machine) stops after
+    its current trial and a later ``vitsweep run`` says why. (reason, whether it was set now)."""
+    import time
+
+    reason = stopped(study)
+    if reason:
+        return reason, False
+    reason = f"stopped by hand (vitsweep stop, {time.strftime('%Y-%m-%d %H:%M')})"
+    study.set_user_attr(STOPPED_ATTR, reason)
+    return reason, True

@@ -98,5 +98,5 @@ def set_up(sweep: SweepConfig, storage: optuna.storages.BaseStorage, tracker: Tr
                                     {TAG_SWEEP_FILE: sweep.source, TAG_N_TRIALS: str(sweep.study.n_trials)})
         if parent and parent != study.user_attrs.get(PARENT_ATTR):
             study.set_user_attr(PARENT_ATTR, parent)
-        tracker.set_runs_view(parent, sweep.study.metric, [p.key for p in sweep.space])
+        tracker.set_runs_view(parent, sweep.study.metric, [p.key for p in sweep.space], sweep.study.direction == "maximize")
     return study, parent

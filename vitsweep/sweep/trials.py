@@ -51,7 +51,7 @@ def trial_line(t: FrozenTrial, metric: str, epochs: int) -> str:
     reason = t.user_attrs.get(REASON_ATTR, "")
     line = (f"trial {t.number:>3}  {t.state.name:<8}  {metric} {value:>7}  "
             f"epochs {len(t.intermediate_values)}/{epochs}  {secs:6.1f}s  {describe_params(t.params)}")
-    return line + (f"  ({reason})" if reason and t.state == TrialState.FAIL else "")
+    return line + (f"  ({reason})" if reason and t.state in (TrialState.FAIL, TrialState.PRUNED) else "")
 
 
 def duration_estimate(t: FrozenTrial, epochs: int, left: int, workers: int, timeout: float | None) -> str | None:
@@ -111,8 +111,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def show_trials(study_name: str | None, storage: str, csv: Path | None, sort: str = "number",
-                top: int | None = None) -> None:
-    """``vitsweep trials``: print the table (and write a CSV), by trial number or best value first,
+                top: int | None = None) -> str:
+    """``vitsweep trials``: print the table (and write a CSV), by trial number or best value first; returns the study's name;
     ``top`` rows at most. The metric is shown as everywhere else (accuracy in percent); a
     conditional parameter a trial did not sample is blank."""
     if sort not in ("number", "value"):
@@ -132,16 +132,18 @@ def show_trials(study_name: str | None, storage: str, csv: Path | None, sort: st
     print(f"study {study.study_name} ({redact(storage)}): {n} trial(s)"
           + (f", the {len(shown)} {'best' if sort == 'value' else 'first'} shown" if len(shown) < n else ""))
     if df.empty:
-        return
+        return study.study_name
     view = shown.drop(columns=["mlflow_run_id"]).rename(columns={"value": metric})
     view[metric] = [fmt_metric(v, metric) for v in shown["value"]]
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                           "display.max_colwidth", None,  # the whole reason (why it was pruned or failed)
                            "display.float_format", "{:.4g}".format):
         print(view.to_string(na_rep=""))
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(csv)
         print(f"wrote {csv}")
+    return study.study_name
 
 
 def studies_table(storage: str) -> pd.DataFrame:
@@ -167,8 +169,11 @@ def studies_table(storage: str) -> pd.DataFrame:
     return df.sort_values("last_activity", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def show_studies(storage: str) -> None:
+def show_studies(storage: str) -> str | None:
+    """``vitsweep studies``: print the table; returns the most recent study's name (None: no study)."""
     df = studies_table(storage)
     print(f"{redact(storage)}: {len(df)} stud{'y' if len(df) == 1 else 'ies'}")
     if len(df):
         print(df.to_string(index=False))
+        return str(df.iloc[0]["study"])
+    return None

@@ -23,7 +23,8 @@ from mlflow.exceptions import MlflowException
 
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import FileLock, is_http, missing_driver, prepare_sqlite, redact, sqlite_path
-from vitsweep.tracking.tags import TAG_STATE
+from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, EPOCHS_METRIC, KIND_RUN, KIND_TRIAL, PERCENT_SUFFIX,
+                                    TAG_KIND, TAG_REASON, TAG_SEED, TAG_STATE, TAG_STOP, TAG_TRIAL)
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
 EXPERIMENT_KIND, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
@@ -31,6 +32,8 @@ EXPERIMENT_KIND, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_developm
 # "mlflow.sharedViewState.<id>" and opens one with "?viewStateShareKey=<id>"; vitsweep adds its own.
 VIEW_ID, VIEW_PARAM = "vitsweep", "viewStateShareKey"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
+PROMOTED_VIEW_ID = "vitsweep-promoted"  # the promoted runs, in a view of their own
+PROMOTED_VIEW_TAG = f"mlflow.sharedViewState.{PROMOTED_VIEW_ID}"
 
 
 def runs_url(server: str, experiment_id: str, view: bool = False) -> str:
@@ -39,18 +42,44 @@ def runs_url(server: str, experiment_id: str, view: bool = False) -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs" + (f"?{VIEW_PARAM}={VIEW_ID}" if view else "")
 
 
-def runs_view(metric: str, params: list[str], expanded: list[str]) -> str:
+def trial_metric_key(metric: str) -> str:
+    """The metric a trial's run holds its value in, as the saved view shows it: ``best_val_acc_pct``
+    (percent) for an accuracy, else ``best_<metric>``."""
+    return f"{BEST_PREFIX}{metric}" + (PERCENT_SUFFIX if "acc" in metric else "")
+
+
+def runs_view(metric: str, params: list[str], expanded: list[str] | None = None, maximize: bool = True) -> str:
     """The experiment tag value of vitsweep's saved runs-table view ("vitsweep: trials" in the UI's
-    Views menu): the objective metric, the trial state (COMPLETE / PRUNED / FAIL, so a pruned trial
-    does not read as a failure) and the searched params as columns, best first, the sweeps'
-    parent runs (``expanded``) unfolded to show their trials."""
+    Views menu): the sweep's trial runs only (no parent, no promoted run), best first by the trial's
+    value (``best_val_acc_pct``: in percent, the value Optuna ranks by, not the last epoch's), with
+    the trial state (COMPLETE / PRUNED / FAIL, so a pruned trial does not read as a failure), the
+    reason, the epochs run and the searched params as columns. (``expanded``: kept for callers; the
+    view lists the trials flat.)"""
     col = lambda kind, key: f"{kind}.`{key}`"  # noqa: E731 - the UI's column ids
-    state = {"selectedColumns": [col("metrics", metric), col("tags", TAG_STATE),
+    value = trial_metric_key(metric)
+    state = {"selectedColumns": [col("metrics", value), col("tags", TAG_STATE), col("tags", TAG_REASON),
+                                 col("metrics", BOOKKEEPING_PREFIX + EPOCHS_METRIC),
                                  *(col("params", p) for p in dict.fromkeys(params))],
-             "orderByKey": col("metrics", metric), "orderByAsc": False,
-             "runsExpanded": {run_id: True for run_id in expanded}}
+             "orderByKey": col("metrics", value), "orderByAsc": not maximize,
+             "searchFilter": f"tags.`{TAG_KIND}` = '{KIND_TRIAL}'",
+             "runsExpanded": {run_id: True for run_id in expanded or []}}
+    return _view("vitsweep: trials", state)
+
+
+def promoted_view() -> str:
+    """The saved view of the promoted runs ("vitsweep: promoted"): full-length retrainings, best
+    validation accuracy first (percent), with test accuracy, the trial and seed."""
+    col = lambda kind, key: f"{kind}.`{key}`"  # noqa: E731
+    state = {"selectedColumns": [col("metrics", f"{BEST_PREFIX}val_acc{PERCENT_SUFFIX}"), col("metrics", f"test_acc{PERCENT_SUFFIX}"),
+                                 col("tags", TAG_TRIAL), col("tags", TAG_SEED), col("tags", TAG_STOP)],
+             "orderByKey": col("metrics", f"{BEST_PREFIX}val_acc{PERCENT_SUFFIX}"), "orderByAsc": False,
+             "searchFilter": f"tags.`{TAG_KIND}` = '{KIND_RUN}'", "runsExpanded": {}}
+    return _view("vitsweep: promoted", state)
+
+
+def _view(name: str, state: dict) -> str:
     now = int(time.time() * 1000)
-    return json.dumps({"name": "vitsweep: trials", "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+    return json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from vitsweep.train.checkpoint import load_model
 from vitsweep.tracking.artifacts import log_checkpoint
 from vitsweep.tracking.client import quiet
 from vitsweep.tracking.runs import Tracker, metrics_at, params_of
-from vitsweep.tracking.tags import (CHAMPION, KIND_PARENT, KIND_RUN, TAG_KEY, TAG_KIND, TAG_PARENT, TAG_PUBLISHED,
+from vitsweep.tracking.tags import (CHAMPION, MODEL_PREFIX, PERCENT_SUFFIX, KIND_PARENT, KIND_RUN, TAG_KEY, TAG_KIND, TAG_PARENT, TAG_PUBLISHED,
                                     TAG_PREVIOUS_PARENT, TAG_REASON, TAG_SEED, TAG_STOP, TAG_STUDY, TAG_TRIAL)
 from vitsweep.tracking.runs import hardware_tags
 
@@ -36,7 +36,7 @@ class Promotion:
     def __init__(self, uri: str, experiment: str, artifacts: str, study: str):
         self.tracker = Tracker(uri, experiment, artifacts)
         self.enabled, self.uri, self.client = self.tracker.enabled, uri, self.tracker.client
-        self.study, self.model_name = study, f"vitsweep-{study}"
+        self.study, self.model_name = study, f"{MODEL_PREFIX}{study}"
         self.parent: str | None = None
 
     def start_parent(self, tags: dict[str, str]) -> str | None:
@@ -138,7 +138,8 @@ class Promotion:
         for h in history:  # epochs logged before a kill are there already
             if int(h["epoch"]) not in logged:
                 self.log_epoch(run_id, int(h["epoch"]), h)
-        client.log_batch(run_id, metrics=metrics_at(final))
+        pct = {f"{k}{PERCENT_SUFFIX}": 100.0 * v for k, v in final.items() if "acc" in k and v is not None}
+        client.log_batch(run_id, metrics=metrics_at({**final, **pct}))  # *_pct: what the "vitsweep: promoted" view shows
         client.set_tag(run_id, TAG_STOP, stop_reason)
         if (run_dir / "best.pt").is_file():
             log_checkpoint(client, run_id, run_dir / "best.pt")

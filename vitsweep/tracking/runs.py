@@ -19,9 +19,10 @@ from mlflow.entities import Metric, Param as MParam, RunTag
 
 from vitsweep.train.config import Config
 from vitsweep.paths import tracking_off
-from vitsweep.tracking.client import VIEW_TAG, experiment_id, open_client, runs_view
-from vitsweep.tracking.tags import (KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_PARENT, TAG_REASON,
-                                    TAG_STATE, TAG_STUDY, TAG_TRIAL)
+from vitsweep.tracking.client import (PROMOTED_VIEW_TAG, VIEW_TAG, experiment_id, open_client, promoted_view, runs_view,
+                                      trial_metric_key)
+from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, MODEL_METRIC_PREFIXES, KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_NOTE, TAG_PARENT, TAG_REASON,
+                                    TAG_STATE, TAG_STUDY, TAG_TRIAL, TAG_VALUE_MAX)
 
 
 def hardware_tags(device: str | None) -> dict[str, str]:
@@ -37,6 +38,18 @@ def hardware_tags(device: str | None) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - a tag must never fail a trial
         tags["hardware.device"] = str(device)
     return tags
+
+
+def percent(value: float, metric: str) -> float:
+    """An accuracy (a fraction) in percent, for the metric a person reads; other metrics as they are."""
+    return 100.0 * value if "acc" in metric else value
+
+
+def chart_order(metrics: dict[str, float]) -> dict[str, float]:
+    """A trial's metrics as logged: the trainer's bookkeeping (lr, images_per_sec, epoch_time, flops,
+    trainer_s, epochs_run) under ``run/``, so the run page charts train_*/val_* first."""
+    return {k if k == "epoch" or k.startswith(MODEL_METRIC_PREFIXES) else BOOKKEEPING_PREFIX + k: v
+            for k, v in metrics.items()}
 
 
 def metrics_at(metrics: dict[str, float], step: int = 0) -> list[Metric]:
@@ -116,13 +129,13 @@ class Tracker:
                                      tags={TAG_STUDY: study_name, TAG_KIND: KIND_SWEEP, **tags, **hardware_tags(None)})
         return run.info.run_id
 
-    def set_runs_view(self, parent_id: str | None, metric: str, params: list[str]) -> None:
+    def set_runs_view(self, parent_id: str | None, metric: str, params: list[str], maximize: bool = True) -> None:
         """Save the experiment's "vitsweep: trials" view of the runs table (:func:`runs_view`), with
         this sweep's parent run unfolded; the UI opens it from the Views menu or ``runs_url(view=True)``."""
         if not self.enabled:
             return
-        expanded = [parent_id] if parent_id else []
-        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, runs_view(metric, params, expanded))
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, runs_view(metric, params, maximize=maximize))
+        self.client.set_experiment_tag(self.experiment_id, PROMOTED_VIEW_TAG, promoted_view())
 
     def end_parent(self, run_id: str | None, status: str | None, metrics: dict[str, float],
                    tags: dict[str, str] | None = None) -> None:
@@ -168,7 +181,7 @@ class Tracker:
     def log_epoch(self, run_id: str | None, epoch: int, metrics: dict[str, float]) -> None:
         if not self.enabled or not run_id:
             return
-        self._write(self.client.log_batch, run_id, metrics=metrics_at(metrics, epoch))
+        self._write(self.client.log_batch, run_id, metrics=metrics_at(chart_order(metrics), epoch))
 
     def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
         if not self.enabled or not run_id or not tags:
@@ -180,11 +193,14 @@ class Tracker:
         """End a trial's run: status from the Optuna state, tags with state and reason."""
         if not self.enabled or not run_id:
             return
-        tags = [RunTag(TAG_STATE, state), RunTag(TAG_REASON, reason[:4000] or state.lower())]
+        tags = [RunTag(TAG_STATE, state), RunTag(TAG_REASON, reason[:TAG_VALUE_MAX] or state.lower())]
+        if reason and state in ("PRUNED", "FAIL"):  # the run page's description: the whole reason, on top
+            tags.append(RunTag(TAG_NOTE, f"{state.lower()}: {reason}"[:TAG_VALUE_MAX]))
         name = self._names.pop(run_id, None)
         if state == "PRUNED" and name:  # MLflow shows a pruned run as "Killed", like a failure: say it in the name
             tags.append(RunTag("mlflow.runName", f"{name} (pruned)"))
-        metrics = metrics_at({**({f"best_{metric}": value} if value is not None else {}), **(extra or {})})
+        best = {} if value is None else {f"{BEST_PREFIX}{metric}": value, trial_metric_key(metric): percent(value, metric)}
+        metrics = metrics_at({**best, **chart_order(extra or {})})
         try:
             try:
                 self.flush()

@@ -48,7 +48,17 @@ TAG_SWEEP_VALUE, TAG_CONFIG, TAG_CONTINUED_FROM = "vitsweep.sweep_value", "vitsw
 # a promotion's parent run: its options and the trials it picked
 TAG_TOP, TAG_EPOCHS, TAG_SEEDS = "vitsweep.top", "vitsweep.epochs", "vitsweep.seeds"
 TAG_PATIENCE, TAG_MIN_DELTA, TAG_PICKED = "vitsweep.patience", "vitsweep.min_delta", "vitsweep.picked_trials"
+TAG_VALUE_MAX = 8000  # MLflow's longest tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
+# A trial run's metrics: the trial's value as its own metric (best_<metric>, and in percent for an
+# accuracy, best_<metric>_pct, which the saved view sorts by and shows); the trainer's bookkeeping
+# (lr, images/s, epoch time, FLOPs, epochs run...) under a prefix, so that the run page's charts open on
+# the model's metrics (train_*, val_*) and not on eleven alphabetical ones.
+BEST_PREFIX, PERCENT_SUFFIX, BOOKKEEPING_PREFIX = "best_", "_pct", "run/"
+MODEL_METRIC_PREFIXES = ("train_", "val_", "cooldown_", "best_", "test_")
+EPOCHS_METRIC = "epochs_run"
 CHAMPION = "champion"  # the registered model alias of the best promoted version
+MODEL_PREFIX = "vitsweep-"  # a study's registered model: vitsweep-<study>
+MODELS_SCHEME = "models:/"  # a registered model reference: models:/vitsweep-<study>@champion or .../<version>
 
 # Artifacts: a run that has a model logs its best checkpoint as this file
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
