@@ -129,8 +129,8 @@ def test_help_lists_commands_in_workflow_order_with_an_example_each(capsys):
     code, out, _ = cli("--help", capsys=capsys)
     assert code == 0 and "The workflow, in order" in out and "--install-completion" in out
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed == ["run", "submit", "storage-proxy", "trials", "studies", "dashboard", "ui", "report", "promote", "train", "evaluate",
-                      "bench", "export"]
+    assert listed == ["run", "submit", "storage-proxy", "trials", "studies", "dashboard", "ui", "report", "best", "stop",
+                      "promote", "train", "evaluate", "bench", "export"]
     for command in listed:
         code, out, _ = cli(command, "--help", capsys=capsys)
         assert code == 0 and "Example: vitsweep " + command in " ".join(out.split()), command
