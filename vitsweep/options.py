@@ -25,8 +25,15 @@ SetOption = Annotated[
 ]
 
 
+def _threads_in_range(threads: Optional[int]) -> Optional[int]:
+    """Checked as the command line is read, before any file is: a bad --threads is named first."""
+    from vitsweep.train.checks import check_threads
+
+    return check_threads(threads)
+
+
 ThreadsOption = Annotated[Optional[int], typer.Option(
-    "--threads", help="CPU threads for torch [default: torch's choice, one per core].")]
+    "--threads", callback=_threads_in_range, help="CPU threads for torch [default: torch's choice, one per core].")]
 
 RefArgument = Annotated[Optional[str], typer.Argument(
     metavar="[RUN_ID_OR_CHECKPOINT]", show_default=False,

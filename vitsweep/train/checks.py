@@ -4,9 +4,11 @@ check is easy to find and to add."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Callable
 
+from vitsweep.errors import ConfigError
 from vitsweep.inputs import brief
 from vitsweep.train.config import Config
 from vitsweep.train.optimizers import OPTIMIZERS
@@ -15,6 +17,19 @@ from vitsweep.train.schedules import SCHEDULES
 Need = Callable[[bool, str], None]
 
 MAX_IMAGE_SIZE = 4096  # pixels a side: a ViT's tokens grow with its square (CIFAR-10: 32, ImageNet: 224)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``--threads N``: None (torch's choice) or 1 to the usable cores, else a ConfigError."""
+    cores = usable_cores()
+    if threads is not None and not 1 <= threads <= cores:
+        raise ConfigError(f"--threads {threads}: must be between 1 and this machine's {cores} CPU core(s)")
+    return threads
 
 
 def check_config(cfg: Config) -> list[str]:

@@ -92,12 +92,10 @@ def device_name(device: torch.device) -> str:
 
 def set_threads(threads: int | None) -> None:
     """``--threads N``: torch's intra-op threads for this process (None: leave torch's choice)."""
-    if threads is None:
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if not 1 <= threads <= cores:
-        raise ConfigError(f"--threads {threads}: must be between 1 and this machine's {cores} CPU core(s)")
-    torch.set_num_threads(threads)
+    from vitsweep.train.checks import check_threads
+
+    if check_threads(threads) is not None:
+        torch.set_num_threads(threads)
 
 
 def synchronize(device: torch.device) -> None:
