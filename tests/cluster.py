@@ -1,33 +1,24 @@
 """What the cluster tests (test_slurm.py, test_storage_proxy.py) need, and whether they may skip.
 
 Locally a test that needs a missing service (a Slurm cluster, grpcio, PostgreSQL) skips, saying
-what is missing. CI sets ``VITSWEEP_REQUIRE=slurm,grpc,postgres``: there a missing one fails the
+what is missing. CI sets ``VITSWEEP_REQUIRE`` (tests.helpers.needs): there a missing one fails the
 run instead (``.ci/run`` starts a one-node Slurm with ``.ci/slurm up``)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
 
 import pytest
 
-REQUIRE_ENV = "VITSWEEP_REQUIRE"
-
-
-def required() -> set[str]:
-    return {s.strip() for s in os.environ.get(REQUIRE_ENV, "").split(",") if s.strip()}
+from tests.helpers import needs
 
 
 def need(name: str, problem: str | None) -> list[pytest.MarkDecorator]:
-    """Marks for a module that needs ``name``: none when it is there (``problem`` None), a skip
-    saying why when it is not, and a failure (at collection) when $VITSWEEP_REQUIRE names it."""
-    if problem is None:
-        return []
-    if name in required():
-        pytest.fail(f"${REQUIRE_ENV} names {name!r}, but {problem}", pytrace=False)
-    return [pytest.mark.skip(reason=problem)]
+    """Marks for a module or test that needs ``name``: none when it is there (``problem`` None),
+    else :func:`tests.helpers.needs` (a skip saying why; a failure when $VITSWEEP_REQUIRE names it)."""
+    return [] if problem is None else [needs(name, False, problem)]
 
 
 def slurm_problem() -> str | None:

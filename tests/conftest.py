@@ -1,13 +1,14 @@
-"""Shared fixtures: tiny models on small generated data, so the suite stays fast on a CPU
-(the helpers they use are in tests/helpers.py)."""
+"""Shared fixtures: tiny models on small generated data, so the suite stays fast on a CPU; a free
+port; processes that are always torn down. The helpers they use are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import tiny_config
+from tests.helpers import FEATURES, Spawned, check_needs, free_port, required_features, tiny_config
 from vitsweep.train.config import Config
 
 # Tests send SIGINT to the processes they start, as a terminal's Ctrl-C would. A shell that runs
@@ -17,9 +18,40 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs(feature, available, reason): a test that needs PostgreSQL, Chromium, "
+                                       "docker-compose, Slurm or grpcio (tests.helpers.needs)")
+    unknown = required_features() - set(FEATURES)
+    if unknown:  # a misspelt name would require nothing
+        raise pytest.UsageError(f"VITSWEEP_REQUIRE names {', '.join(sorted(unknown))}: "
+                                f"the features are {', '.join(FEATURES)}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    check_needs(item)  # before any fixture: a missing PostgreSQL skips (or fails) before a database is made
+
+
 @pytest.fixture
 def tiny() -> Config:
+    """The tiny trainer config (tests.helpers.TINY)."""
     return tiny_config()
+
+
+@pytest.fixture
+def port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    return free_port()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawned]:
+    """Start processes with ``spawn.cli(...)``, ``spawn.sweep(...)`` or ``spawn([argv], ...)``: when
+    the test ends, passed or failed, each is killed with everything it started. Ask for it after
+    fixtures whose teardown needs the processes gone (a database to drop): it is torn down first."""
+    spawned = Spawned()
+    yield spawned
+    spawned.tear_down()
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """Helpers shared by several test modules (conftest.py holds the fixtures): tiny configs and
-sweep files, running the CLI in-process or as a process, and waiting for a sweep's first trial."""
+sweep files, running the CLI in-process or as a process, waiting for a process to do something and
+tearing it down, and the tests that need PostgreSQL, Chromium or docker-compose."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import copy
 import math
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import pytest
 from mlflow import MlflowClient
@@ -25,7 +28,20 @@ from vitsweep.sweep.storage import load_study
 from vitsweep.train.loop import TrainResult, train
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
+
+def variant(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the config dict ``base`` with some sections' keys replaced:
+    ``variant(TINY, train={"epochs": 3})``."""
+    out = copy.deepcopy(base)
+    for name, keys in sections.items():
+        out[name] = {**out.get(name, {}), **copy.deepcopy(keys)}
+    return out
+
+
+# The one tiny trainer config: a ViT that trains in well under a second per epoch on a CPU. Every
+# other trainer config of the tests is a variant of it that overrides only what its tests need.
 TINY: dict[str, Any] = {
     "data": {"source": "synthetic", "synthetic_train": 360, "synthetic_test": 100, "val_size": 100},
     "model": {"preset": "custom", "dim": 32, "depth": 2, "heads": 2, "patch_size": 8, "drop_path": 0.0},
@@ -35,28 +51,27 @@ TINY: dict[str, Any] = {
 }
 
 
+def tiny_dict(**sections: dict[str, Any]) -> dict[str, Any]:
+    """:data:`TINY` with some sections' keys replaced (see :func:`variant`)."""
+    return variant(TINY, **sections)
+
+
 def tiny_config(**dotted: Any) -> Config:
-    """A config that trains in well under a second per epoch on a CPU."""
+    """:data:`TINY` as a Config, with ``dotted`` overrides (``tiny_config(**{"train.epochs": 3})``)."""
     return build_config(TINY, dotted, source="tests")
 
 
-# The trainer config of sweep tests (3 epochs a trial).
-TRAINER: dict[str, Any] = {
-    "data": {"source": "synthetic", "synthetic_train": 300, "synthetic_test": 50, "val_size": 100},
-    "model": {"preset": "custom", "dim": 32, "depth": 1, "heads": 2, "patch_size": 8, "mlp_ratio": 2.0,
-              "drop_path": 0.0},
-    "optimizer": {"name": "adamw", "lr": 3e-3},
-    "schedule": {"warmup_epochs": 0},
-    "train": {"epochs": 3, "batch_size": 64, "device": "cpu"},
-}
+# The trainer of sweep tests (3 epochs a trial): one block with a narrower MLP, less data, no warmup.
+TRAINER: dict[str, Any] = tiny_dict(data={"synthetic_train": 300, "synthetic_test": 50},
+                                    model={"depth": 1, "mlp_ratio": 2.0},
+                                    schedule={"warmup_epochs": 0},
+                                    train={"epochs": 3})
 
 
 def trainer_dict(**sections: dict[str, Any]) -> dict[str, Any]:
     """:data:`TRAINER` with some sections' keys replaced: ``trainer_dict(train={"epochs": 2})``."""
-    out = copy.deepcopy(TRAINER)
-    for name, keys in sections.items():
-        out[name] = {**out.get(name, {}), **keys}
-    return out
+    return variant(TRAINER, **sections)
+
 
 SPACE = {
     "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw"]},
@@ -116,27 +131,179 @@ def cli(*args: str, capsys) -> tuple[int, str, str]:  # noqa: ANN001
     return code, captured.out, captured.err
 
 
-def spawn_cli(*args: str, cwd: Path) -> subprocess.Popen:
-    """``vitsweep ARGS`` as a process in a session of its own (``os.killpg`` reaches all of it)."""
+# ---------------------------------------------------------------------------------------------
+# Processes: a free port, starting one, waiting for it, tearing it down
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound to find it, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    """``vitsweep ARGS`` as a process in a session of its own (``os.killpg`` reaches all of it).
+    Tests start processes through the ``spawn`` fixture, which always tears them down."""
     return subprocess.Popen([sys.executable, "-m", "vitsweep", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def wait_for_trials(study: str, url: str, proc: subprocess.Popen, ready: Callable[[list], bool], what: str,
-                    timeout: float = 120) -> None:
-    """Wait until ``ready(trials)`` holds for the study's trials, while ``proc`` (the sweep) is
-    still running; fail saying ``what`` never happened."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(0.1)
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, from /proc (children first, then theirs)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # after "PID (COMM) STATE"
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def kill_tree(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGKILL ``proc``, its process group, and every process below it with its group (vitsweep's
+    sweep workers and the servers it starts run in groups of their own), and reap ``proc``. Once
+    ``proc`` has been reaped its pid may be another's: then nothing is signalled."""
+    if proc.returncode is None:  # not reaped: its pid and group id are still its own
+        below = _descendants(proc.pid)
+        groups = {proc.pid}
+        for pid in below:
+            try:
+                groups.add(os.getpgid(pid))
+            except ProcessLookupError:
+                pass
+        for group in groups - {os.getpgrp()}:  # never pytest's own group
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+    proc.wait(timeout)
+
+
+def stop_group(proc: subprocess.Popen, sig: int, grace: float) -> None:
+    """``sig`` to ``proc``'s process group (SIGINT: a terminal's Ctrl-C; SIGTERM: docker stop), then
+    :func:`kill_tree` for whatever is left after ``grace`` seconds."""
+    if proc.returncode is None:
         try:
-            trials = load_study(study, url).get_trials()
-        except Exception:  # noqa: BLE001 - not created yet
-            trials = []
-        if ready(trials):
-            return
-        assert proc.poll() is None, proc.communicate()[0]
-    pytest.fail(what)
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_tree(proc)
+
+
+class Spawned:
+    """The processes a test starts, through the ``spawn`` fixture (conftest.py): each in a session
+    of its own; when the test ends, passed or failed, :func:`kill_tree` for each."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
+        """``subprocess.Popen(argv, **kwargs)`` in a session of its own."""
+        return self.add(subprocess.Popen(argv, start_new_session=True, **kwargs))
+
+    def add(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self.procs.append(proc)
+        return proc
+
+    def cli(self, *args: str, cwd: Path | None = None) -> subprocess.Popen:
+        """:func:`spawn_cli`."""
+        return self.add(spawn_cli(*args, cwd=cwd))
+
+    def sweep(self, sweep_file: Path, cwd: Path, epoch_s: float = 0.05, workers: int = 1) -> subprocess.Popen:
+        """:func:`spawn_sweep`."""
+        return self.add(spawn_sweep(sweep_file, cwd, epoch_s, workers))
+
+    def tear_down(self) -> None:
+        for proc in reversed(self.procs):
+            try:
+                kill_tree(proc)
+            except subprocess.TimeoutExpired:
+                pass
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _output(proc: subprocess.Popen, log: Path | None) -> str:
+    if log is not None:
+        return log.read_text()[-3000:]
+    if proc.stdout is None:
+        return ""
+    try:
+        return proc.communicate(timeout=10)[0]
+    except subprocess.TimeoutExpired:  # something it started still holds the pipe
+        return "(its output is still open)"
+
+
+def wait_until(ready: Callable[[], T | None], what: str, proc: subprocess.Popen | None = None, timeout: float = 120,
+               every: float = 0.1, log: Path | None = None) -> T:
+    """Poll ``ready()`` until it returns something other than None, and return that. Fail saying
+    that ``what`` did not happen, after ``timeout`` seconds or as soon as ``proc`` (the process
+    that should make it happen) has exited, with its output (or the end of ``log``, its log file)."""
+    deadline = time.time() + timeout
+    while True:
+        got = ready()
+        if got is not None:
+            return got
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: the process exited ({proc.returncode}) first:\n{_output(proc, log)}")
+        if time.time() > deadline:
+            pytest.fail(f"{what} (within {timeout:g} s)" + (f":\n{_output(proc, log)}" if log is not None else ""))
+        time.sleep(every)
+
+
+def wait_for_url(url: str, proc: subprocess.Popen, data: bytes | None = None, timeout: float = 120,
+                 log: Path | None = None) -> bytes:
+    """The body of the first 200 answer from ``url`` (a POST of JSON ``data``, if given), waiting
+    for a server that ``proc`` starts."""
+
+    def answer() -> bytes | None:
+        try:
+            req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.read() if r.status == 200 else None
+        except OSError:
+            return None
+
+    return wait_until(answer, f"no answer from {url}", proc, timeout, every=0.5, log=log)
+
+
+def wait_for_health(port: int, proc: subprocess.Popen, timeout: float = 120, log: Path | None = None) -> None:
+    """Wait until an MLflow server on 127.0.0.1:``port`` answers ``/health``, while ``proc`` runs."""
+    wait_for_url(f"http://127.0.0.1:{port}/health", proc, timeout=timeout, log=log)
+
+
+def wait_for_trials(study: str, url: str, proc: subprocess.Popen, ready: Callable[[list], bool], what: str,
+                    timeout: float = 120, every: float = 0.1) -> list:
+    """Wait until ``ready(trials)`` holds for the study's trials, while ``proc`` (the sweep) is
+    still running; fail saying ``what`` never happened. Returns those trials."""
+
+    def trials() -> list | None:
+        try:
+            found = load_study(study, url).get_trials()
+        except Exception:  # noqa: BLE001 - not created yet (or being created by the sweep)
+            found = []
+        return found if ready(found) else None
+
+    return wait_until(trials, what, proc, timeout, every)
 
 
 def wait_for_first_report(study: str, url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -145,8 +312,40 @@ def wait_for_first_report(study: str, url: str, proc: subprocess.Popen, timeout:
                     "the trial never reported", timeout)
 
 
+# ---------------------------------------------------------------------------------------------
+# Tests that need PostgreSQL, Chromium, docker-compose, Slurm or grpcio (tests/cluster.py: need)
+
+FEATURES = ("postgres", "chromium", "docker-compose", "slurm", "grpc")
+
+
+def required_features() -> set[str]:
+    """What $VITSWEEP_REQUIRE names (comma-separated; CI names every one of :data:`FEATURES`)."""
+    return {f.strip() for f in os.environ.get("VITSWEEP_REQUIRE", "").split(",") if f.strip()}
+
+
+def needs(feature: str, available: bool, reason: str) -> pytest.MarkDecorator:
+    """A mark for a test (or a module's ``pytestmark``) that needs ``feature``, one of
+    :data:`FEATURES`. Where the feature is missing the test skips with ``reason``, unless
+    $VITSWEEP_REQUIRE names the feature: then it fails with ``reason`` (conftest.py's setup hook
+    applies it), so CI cannot pass with those tests skipped."""
+    assert feature in FEATURES, f"needs({feature!r}): not one of {', '.join(FEATURES)}"
+    return pytest.mark.needs(feature=feature, available=available, reason=reason)
+
+
+def check_needs(item: pytest.Item) -> None:
+    """Skip or fail ``item`` for each :func:`needs` mark whose feature is missing."""
+    for mark in item.iter_markers("needs"):
+        if mark.kwargs["available"]:
+            continue
+        feature, reason = mark.kwargs["feature"], mark.kwargs["reason"]
+        if feature in required_features():
+            pytest.fail(f"{reason} (VITSWEEP_REQUIRE names {feature}: this test must run, not skip)", pytrace=False)
+        raise pytest.skip.Exception(reason, _use_item_location=True)  # reported at the test, as skipif is
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+needs_chromium = needs("chromium", CHROMIUM is not None,
+                       "headless Chromium not installed (Debian: apt-get install chromium)")
 
 
 def chromium(url: str, profile: Path, *args: str, budget_ms: int = 10000) -> str:
@@ -156,18 +355,6 @@ def chromium(url: str, profile: Path, *args: str, budget_ms: int = 10000) -> str
              f"--virtual-time-budget={budget_ms}", f"--user-data-dir={profile}"]
     return subprocess.run([*flags, *(args or ("--dump-dom",)), url], check=True, capture_output=True, text=True,
                           timeout=180).stdout
-
-
-def wait_for_health(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until an MLflow server on 127.0.0.1:``port`` answers ``/health``, while ``proc`` runs."""
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                return
-        except OSError:
-            assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ""
-            time.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------------------------

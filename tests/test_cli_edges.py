@@ -112,13 +112,9 @@ def test_out_of_memory_says_what_to_reduce(tmp_path, capsys, monkeypatch):
     assert code == 2 and "out of memory" in err and "train.batch_size" in err and "Traceback" not in err, err
 
 
-def test_postgresql_with_nothing_listening_is_exit_2_in_seconds(tmp_path, capsys):
-    import socket
+def test_postgresql_with_nothing_listening_is_exit_2_in_seconds(tmp_path, capsys, port):
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     t0 = time.perf_counter()
     code, out, err = cli("trials", "--storage", f"postgresql://postgres@127.0.0.1:{port}/optuna", capsys=capsys)
     assert code == 2 and "cannot connect to the database" in err and "Traceback" not in err, err

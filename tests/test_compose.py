@@ -5,12 +5,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
+from tests.helpers import needs
+
 ROOT = Path(__file__).resolve().parents[1]
-needs_compose = pytest.mark.skipif(shutil.which("docker-compose") is None,
-                                   reason="docker-compose not installed (Debian package docker-compose)")
+needs_compose = needs("docker-compose", shutil.which("docker-compose") is not None,
+                      "docker-compose not installed (Debian package docker-compose)")
 
 
 def config(env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -10,20 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import cli
+from tests.helpers import cli, tiny_dict
 from vitsweep.trained.inference import resolve_checkpoint
 from vitsweep.tracking.artifacts import log_checkpoint
 from vitsweep.tracking.tags import CHECKPOINT_ARTIFACT
 from vitsweep.train.config import build_config
 from vitsweep.errors import VitsweepError
 
-CFG = {
-    "data": {"source": "synthetic", "synthetic_train": 300, "synthetic_test": 60, "val_size": 60},
-    "model": {"preset": "custom", "dim": 32, "depth": 1, "heads": 2, "patch_size": 8, "drop_path": 0.0},
-    "optimizer": {"name": "adamw", "lr": 3e-3},
-    "schedule": {"warmup_epochs": 0.5},
-    "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "eval_batch_size": 200, "test": False},
-}
+# one block (the fp8 layer count below), 60 test images; no test pass while training
+CFG = tiny_dict(data={"synthetic_train": 300, "synthetic_test": 60, "val_size": 60}, model={"depth": 1},
+                train={"test": False})
 N_TEST, N_CLASSES = 60, 10
 
 

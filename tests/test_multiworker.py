@@ -10,11 +10,9 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +23,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers import spawn_cli, spawn_sweep, sweep_dict, trainer_dict, wait_for_first_report, wait_for_health
+from tests.helpers import (free_port, kill_tree, needs, stop_group, sweep_dict, trainer_dict, wait_for_first_report,
+                           wait_for_health, wait_for_trials)
 from vitsweep.sweep.spec import build_sweep
 from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.study import sweep_of
@@ -41,17 +40,18 @@ FAST = trainer_dict(data={"synthetic_train": 200, "synthetic_test": 20, "val_siz
 def _pg_error() -> str | None:
     try:
         import psycopg2
-
+    except ImportError as e:
+        return str(e)
+    try:
         psycopg2.connect(dbname="postgres", connect_timeout=3, **PG).close()
         return None
-    except Exception as e:  # noqa: BLE001
+    except psycopg2.OperationalError as e:
         return " ".join(str(e).split())
 
 
 _PG_PROBLEM = _pg_error()
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(_PG_PROBLEM is not None,
-                                 reason=f"PostgreSQL is not reachable on 127.0.0.1:5432 ({_PG_PROBLEM})")]
+              needs("postgres", _PG_PROBLEM is None, f"PostgreSQL is not reachable on 127.0.0.1:5432 ({_PG_PROBLEM})")]
 
 
 def _admin(sql: str) -> None:
@@ -91,10 +91,7 @@ def database() -> Iterator[str]:
         _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port, _kill = free_port, kill_tree  # the names tests/test_storage_proxy.py imports from here
 
 
 @pytest.fixture(scope="module")
@@ -103,34 +100,18 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     name = f"vs_mlflow_{uuid.uuid4().hex[:10]}"
     _admin(f"CREATE DATABASE {name}")
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
+    port = free_port()
     log = open(root / "server.log", "w")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", PG_URL.format(db=name),
                              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield uri
+        wait_for_health(port, proc, log=root / "server.log")  # fails with the end of its log
+        yield f"http://127.0.0.1:{port}"
     finally:
         with_pg = _pg_ready()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, signal.SIGTERM, 20)
         log.close()
         _ensure_pg_running()
         if with_pg or _pg_ready():
@@ -154,25 +135,13 @@ def _trial_runs(uri: str, study: str) -> dict[int, Any]:
     return {int(r.data.tags["optuna.trial_number"]): r for r in runs}
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
-def test_four_worker_processes_finish_exactly_n_trials(tmp_path, database, mlflow_server):
+def test_four_worker_processes_finish_exactly_n_trials(tmp_path, database, mlflow_server, spawn):
     """4 `vitsweep run` processes started together (as on 4 machines): one study, one parent run,
     exactly n_trials trials (the PostgreSQL advisory budget lock), none lost, each with its run."""
     path, raw = _sweep_file(tmp_path, "mw", database, mlflow_server, n_trials=16)
-    procs = [spawn_cli("run", str(path), "--storage", database, "--tracking-uri", mlflow_server, cwd=tmp_path)
+    procs = [spawn.cli("run", str(path), "--storage", database, "--tracking-uri", mlflow_server, cwd=tmp_path)
              for _ in range(4)]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            _kill(p)
+    outs = [p.communicate(timeout=240)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out
         assert "Traceback" not in out, out
@@ -198,30 +167,24 @@ def test_four_worker_processes_finish_exactly_n_trials(tmp_path, database, mlflo
     assert sweep_of(study).pruner.name == "hyperband" and sweep_of(study).pruner.reduction_factor == 2
 
 
-def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflow_server):
+def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflow_server, spawn):
     """A worker killed mid-trial: another `vitsweep run` fails the trial once its heartbeat is stale,
     re-queues it, and the retry continues from the dead trial's last epoch checkpoint."""
     path, raw = _sweep_file(tmp_path, "kill", database, mlflow_server, n_trials=1, pruner={"name": "none"},
                             space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
     raw["trainer"]["train"]["epochs"] = EPOCHS = 12  # 12 x 0.3 s: long enough that the kill lands mid-trial
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = spawn_sweep(path, tmp_path, epoch_s=0.3)
-    try:
-        wait_for_first_report("kill", database, proc)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        _kill(proc)
+    proc = spawn.sweep(path, tmp_path, epoch_s=0.3)
+    wait_for_first_report("kill", database, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
     dead = load_study("kill", database).get_trials()[0]
     assert dead.state == TrialState.RUNNING and len(dead.intermediate_values) < EPOCHS
     assert (Path(dead.user_attrs["run_dir"]) if Path(dead.user_attrs["run_dir"]).is_absolute()
             else tmp_path / dead.user_attrs["run_dir"]).joinpath("last.pt").is_file()
 
-    again = spawn_sweep(path, tmp_path, epoch_s=0.01)  # waits out the grace period, then runs the retry
-    try:
-        out = again.communicate(timeout=180)[0]
-    finally:
-        _kill(again)
+    again = spawn.sweep(path, tmp_path, epoch_s=0.01)  # waits out the grace period, then runs the retry
+    out = again.communicate(timeout=180)[0]
     assert again.returncode == 0, out
     trials = load_study("kill", database).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -244,35 +207,22 @@ def test_sigkilled_worker_trial_is_retried_and_resumed(tmp_path, database, mlflo
     assert not list((tmp_path / "trials").rglob("*.pt"))  # both tries' checkpoints gone once it ended
 
 
-def test_database_restart_mid_sweep_loses_no_trial(tmp_path, database, mlflow_server):
+def test_database_restart_mid_sweep_loses_no_trial(tmp_path, database, mlflow_server, spawn):
     """PostgreSQL restarted while 2 workers run trials: storage operations retry until it is back;
     finished trials stay, and the sweep ends with n_trials finished trials."""
     path, _ = _sweep_file(tmp_path, "restart", database, mlflow_server, n_trials=8,
                           storage={"heartbeat_interval": 1, "grace_period": 30})
-    proc = spawn_cli("run", str(path), "--workers", "2", cwd=tmp_path)
+    proc = spawn.cli("run", str(path), "--workers", "2", cwd=tmp_path)
+    trials = wait_for_trials("restart", database, proc, lambda ts: sum(t.state.is_finished() for t in ts) >= 2,
+                             "2 trials never finished", timeout=180, every=0.3)
+    before = {t.number: (t.state, t.value, dict(t.intermediate_values)) for t in trials if t.state.is_finished()}
+    assert proc.poll() is None, "the sweep ended before the restart"
     try:
-        deadline = time.time() + 180
-        before: dict[int, tuple] = {}
-        while time.time() < deadline:
-            time.sleep(0.3)
-            try:
-                trials = load_study("restart", database).get_trials()
-            except Exception:  # noqa: BLE001 - not created yet
-                continue
-            before = {t.number: (t.state, t.value, dict(t.intermediate_values)) for t in trials if t.state.is_finished()}
-            if len(before) >= 2:
-                break
-            assert proc.poll() is None, proc.communicate()[0]
-        assert len(before) >= 2 and proc.poll() is None, "the sweep ended before the restart"
-        try:
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", "restart"],
-                           check=True, capture_output=True, timeout=120)
-        finally:
-            _ensure_pg_running()
-        out = proc.communicate(timeout=240)[0]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", PG_VERSION, "main", "restart"],
+                       check=True, capture_output=True, timeout=120)
     finally:
-        _kill(proc)
         _ensure_pg_running()
+    out = proc.communicate(timeout=240)[0]  # (PostgreSQL is up again when the test ends: see database)
     assert proc.returncode == 0, out
     assert "Traceback" not in out, out
     trials = load_study("restart", database).get_trials()
@@ -282,10 +232,10 @@ def test_database_restart_mid_sweep_loses_no_trial(tmp_path, database, mlflow_se
     assert set(_trial_runs(mlflow_server, "restart")) == set(after)
 
 
-def test_mlflow_server_down_at_start_is_a_clear_error_before_any_trial(tmp_path, database):
-    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+def test_mlflow_server_down_at_start_is_a_clear_error_before_any_trial(tmp_path, database, port, spawn):
+    down = f"http://127.0.0.1:{port}"  # nothing listens there
     path, _ = _sweep_file(tmp_path, "down", database, down, n_trials=2)
-    proc = spawn_cli("run", str(path), "--storage", database, "--tracking-uri", down, cwd=tmp_path)
+    proc = spawn.cli("run", str(path), "--storage", database, "--tracking-uri", down, cwd=tmp_path)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 2, out
     assert f"MLflow tracking server {down} is not reachable" in out and "mlflow server" in out, out
@@ -294,7 +244,7 @@ def test_mlflow_server_down_at_start_is_a_clear_error_before_any_trial(tmp_path,
     assert optuna.get_all_study_summaries(storage) == []  # no study, so no trial
 
 
-def test_plain_postgresql_urls_work_for_both_stores(tmp_path, database):
+def test_plain_postgresql_urls_work_for_both_stores(tmp_path, database, spawn):
     """``postgresql://USER@HOST/DB``, the form most users type, for the Optuna storage and the
     MLflow store: SQLAlchemy 2.1 maps it to psycopg 3, which vitsweep installs; the
     ``+psycopg2`` form the other tests use keeps working."""
@@ -304,7 +254,7 @@ def test_plain_postgresql_urls_work_for_both_stores(tmp_path, database):
     try:
         tracking = f"{plain}_ml"
         path, _ = _sweep_file(tmp_path, "plain", plain, tracking, n_trials=2)
-        proc = spawn_cli("run", str(path), cwd=tmp_path)
+        proc = spawn.cli("run", str(path), cwd=tmp_path)
         out = proc.communicate(timeout=240)[0]
         assert proc.returncode == 0, out
         assert "Traceback" not in out and "psycopg" not in out, out
@@ -315,20 +265,20 @@ def test_plain_postgresql_urls_work_for_both_stores(tmp_path, database):
         _admin(f"DROP DATABASE IF EXISTS {db}_ml WITH (FORCE)")
 
 
-def test_a_database_driver_that_is_not_installed_is_a_clear_error(tmp_path):
+def test_a_database_driver_that_is_not_installed_is_a_clear_error(tmp_path, spawn):
     """mysql:// needs mysqlclient, which vitsweep does not install: exit 2 naming the driver and the
     pip command, the password masked, no traceback."""
     code = subprocess.run([sys.executable, "-c", "import MySQLdb"], capture_output=True).returncode
     if code == 0:
         pytest.skip("mysqlclient is installed here")
-    proc = spawn_cli("trials", "--storage", "mysql://root:S3cretPW@127.0.0.1:3306/test", cwd=tmp_path)
+    proc = spawn.cli("trials", "--storage", "mysql://root:S3cretPW@127.0.0.1:3306/test", cwd=tmp_path)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 2, out
     assert "MySQLdb" in out and "pip install mysqlclient" in out and "Traceback" not in out, out
     assert "S3cretPW" not in out and "root:***@" in out, out
 
 
-def test_passwords_are_masked_and_never_on_a_command_line(tmp_path, database):
+def test_passwords_are_masked_and_never_on_a_command_line(tmp_path, database, port, spawn):
     """A store URL's password is shown as *** by run, trials, dashboard and ui, and `vitsweep ui`
     hands it to `mlflow server` through the environment, not its command line (which ps shows)."""
     secret = database.replace("postgres@", "postgres:S3cretPW@").replace("+psycopg2", "")  # trust auth: accepted
@@ -337,24 +287,21 @@ def test_passwords_are_masked_and_never_on_a_command_line(tmp_path, database):
     path, _ = _sweep_file(tmp_path, "pw", secret, tracking, n_trials=1)
     outs = []
     for args in (["run", str(path)], ["trials", "--storage", secret]):
-        proc = spawn_cli(*args, cwd=tmp_path)
+        proc = spawn.cli(*args, cwd=tmp_path)
         outs.append(proc.communicate(timeout=240)[0])
         assert proc.returncode == 0, outs[-1]
-    port = _free_port()
-    proc = spawn_cli("ui", "--tracking-uri", tracking, "--port", str(port), cwd=tmp_path)
-    try:
-        wait_for_health(port, proc)
-        cmdlines = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmdlines.append(Path(f"/proc/{pid}/cmdline").read_text())
-            except OSError:
-                pass
-        servers = [c for c in cmdlines if "mlflow" in c and "vitsweep" not in c]  # what vitsweep started
-        assert servers and not [c for c in servers if "S3cretPW" in c], servers
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        outs.append(proc.communicate(timeout=30)[0])
+    proc = spawn.cli("ui", "--tracking-uri", tracking, "--port", str(port), cwd=tmp_path)
+    wait_for_health(port, proc)
+    cmdlines = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdlines.append(Path(f"/proc/{pid}/cmdline").read_text())
+        except OSError:
+            pass
+    servers = [c for c in cmdlines if "mlflow" in c and "vitsweep" not in c]  # what vitsweep started
+    assert servers and not [c for c in servers if "S3cretPW" in c], servers
+    os.killpg(proc.pid, signal.SIGINT)
+    outs.append(proc.communicate(timeout=30)[0])
     _admin(f"DROP DATABASE IF EXISTS {database.rsplit('/', 1)[1]}_ml WITH (FORCE)")
     for out in outs:
         assert "S3cretPW" not in out and "postgres:***@" in out, out

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from tests import helpers
 from tests.helpers import cli, trainer_dict
 from vitsweep.errors import VitsweepError
 from vitsweep.train.config import load_config
@@ -28,13 +29,8 @@ from vitsweep.sweep.study import record_sweep
 from vitsweep.tracking.runs import Tracker
 from vitsweep.tracking.tags import KIND_PARENT, KIND_RUN, RUN_ATTR, TAG_SOURCE
 
-TRAINER = trainer_dict(data={"synthetic_train": 256, "synthetic_test": 60, "val_size": 64},
-                       train={"epochs": 2, "eval_batch_size": 200})
-SPACE = {
-    "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw"]},
-    "lr": {"path": "optimizer.lr", "low": 1e-9, "high": 1e-2, "log": True},
-    "b3": {"path": "optimizer.betas[2]", "low": 0.005, "high": 0.03, "step": 0.005, "when": {"optimizer": "adan"}},
-}
+TRAINER = trainer_dict(data={"synthetic_train": 256, "synthetic_test": 60, "val_size": 64}, train={"epochs": 2})
+SPACE = {**helpers.SPACE, "lr": {**helpers.SPACE["lr"], "low": 1e-9}}  # lr 1e-9: a trial that never learns
 DISTS = {"optimizer": CategoricalDistribution(["adan", "adamw"]), "lr": FloatDistribution(1e-9, 1e-2, log=True),
          "b3": FloatDistribution(0.005, 0.03, step=0.005)}
 STORAGE, TRACKING = "sqlite:///storage/optuna.db", "sqlite:///storage/mlflow.db"
@@ -327,14 +323,11 @@ def test_validation_ranks_and_crowns_the_test_set_never_chooses():
     assert crowned == ["run-0-1"]  # the seed with the best validation accuracy, not the best test
 
 
-def test_a_tracking_server_that_is_down_is_exit_2_at_once_for_promote_and_a_warning_for_report(capsys):
-    import socket
+def test_a_tracking_server_that_is_down_is_exit_2_at_once_for_promote_and_a_warning_for_report(capsys, port):
     import time
 
     make_study("down", [(TrialState.COMPLETE, 0.3, adamw(3e-3))])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        down = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once closed
+    down = f"http://127.0.0.1:{port}"  # nothing listens there
     t0 = time.perf_counter()
     code, out, err = cli("promote", "--study", "down", "--top", "1", "--epochs", "1", "--storage", STORAGE, "--tracking-uri", down,
                          capsys=capsys)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import tiny_config
-from vitsweep.errors import ConfigError
+from vitsweep.errors import ConfigError, VitsweepError
 from vitsweep.train import loop
 from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.train.loop import train
@@ -105,7 +105,7 @@ def test_a_continued_run_killed_midway_resumes_as_a_continuation(tmp_path):
 
 def test_a_trunk_with_another_model_or_data_cannot_be_continued(tmp_path):
     train(tiny_config(**{**WSD, "train.epochs": 1}), run_dir=tmp_path / "trial")
-    with pytest.raises(Exception, match="model.dim"):
+    with pytest.raises(VitsweepError, match=r"the config differs from the checkpoint's \(model\.dim: 32 -> 48\)"):
         train(tiny_config(**{**WSD, "model.dim": 48}), continue_from=tmp_path / "trial" / "last.pt")
 
 

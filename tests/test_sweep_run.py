@@ -17,8 +17,8 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.helpers import (PacedTrain, cli, mlflow_runs, spawn_cli, spawn_sweep, sweep_dict, wait_for_first_report,
-                           wait_for_trials)
+from tests.helpers import PacedTrain, cli, mlflow_runs, sweep_dict, wait_for_first_report, wait_for_trials
+from vitsweep.errors import ConfigError
 from vitsweep.sweep.runner import run_sweep
 from vitsweep.sweep.spec import build_sweep
 from vitsweep.sweep.storage import load_study
@@ -130,10 +130,10 @@ def test_failed_trials_record_reasons_and_the_sweep_goes_on(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_finish_exactly_n_trials(tmp_path):
+def test_two_workers_finish_exactly_n_trials(tmp_path, spawn):
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(sweep_dict(tmp_path, name="w", n_trials=6), sort_keys=False))
-    proc = spawn_cli("run", str(path), "--workers", "2", cwd=tmp_path)
+    proc = spawn.cli("run", str(path), "--workers", "2", cwd=tmp_path)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     assert "database is locked" not in out and "Traceback" not in out
@@ -146,21 +146,17 @@ def test_two_workers_finish_exactly_n_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path):
+def test_sigkilled_worker_trial_is_failed_and_retried(tmp_path, spawn):
     raw = sweep_dict(tmp_path, name="k", n_trials=1, pruner={"name": "none"},
                      space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
     raw["trainer"]["train"]["epochs"] = 30  # 30 x 0.2 s: long enough that the kill lands mid-trial
     path = tmp_path / "k.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    proc = spawn_sweep(path, tmp_path, epoch_s=0.2)
+    proc = spawn.sweep(path, tmp_path, epoch_s=0.2)
     url = f"sqlite:///{tmp_path}/optuna.db"
-    try:
-        wait_for_first_report("k", url, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    wait_for_first_report("k", url, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
     assert load_study("k", url).get_trials()[0].state == TrialState.RUNNING  # stuck without heartbeats
     lines: list[str] = []
     run_sweep(build_sweep(raw), out=lines.append, train_fn=PacedTrain(0.01))  # waits out the grace period, retries
@@ -283,25 +279,21 @@ def test_a_study_whose_trials_never_ran_takes_the_fixed_trainer_config(tmp_path,
     (signal.SIGTERM, 1, 143, "terminated (SIGTERM); re-queued"),  # docker stop / systemd: the main process
     (signal.SIGTERM, 2, 143, "terminated (SIGTERM); re-queued"),
 ])
-def test_stopping_a_sweep_requeues_every_running_trial_exactly_once(sig, workers, code, reason, tmp_path):
+def test_stopping_a_sweep_requeues_every_running_trial_exactly_once(sig, workers, code, reason, tmp_path, spawn):
     raw = sweep_dict(tmp_path, name="stop", n_trials=workers, pruner={"name": "none"},
                      space={"lr": {"path": "optimizer.lr", "low": 1e-3, "high": 2e-3}})
     raw["trainer"]["train"]["epochs"] = 200
     path = tmp_path / "stop.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     url = f"sqlite:///{tmp_path}/optuna.db"
-    proc = spawn_sweep(path, tmp_path, epoch_s=0.1, workers=workers)
-    try:
-        wait_for_trials("stop", url, proc, lambda ts: sum(t.state == TrialState.RUNNING and bool(t.intermediate_values)
-                                                         for t in ts) >= workers, f"{workers} trials never ran at once")
-        if sig == signal.SIGINT:
-            os.killpg(proc.pid, sig)  # what a terminal does: every process of the foreground group
-        else:
-            os.kill(proc.pid, sig)  # what docker stop and systemd do: the main process only
-        out = proc.communicate(timeout=90)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc = spawn.sweep(path, tmp_path, epoch_s=0.1, workers=workers)
+    wait_for_trials("stop", url, proc, lambda ts: sum(t.state == TrialState.RUNNING and bool(t.intermediate_values)
+                                                     for t in ts) >= workers, f"{workers} trials never ran at once")
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # what a terminal does: every process of the foreground group
+    else:
+        os.kill(proc.pid, sig)  # what docker stop and systemd do: the main process only
+    out = proc.communicate(timeout=90)[0]
     assert proc.returncode == code, out
     assert "Traceback" not in out, out
     trials = load_study("stop", url).get_trials()
@@ -365,14 +357,14 @@ def test_nonsense_numbers_are_exit_2(args, expected, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_separate_processes_started_together_sample_different_configs(tmp_path):
+def test_separate_processes_started_together_sample_different_configs(tmp_path, spawn):
     """Three `vitsweep run` processes on one study (the compose --scale case): each draws its own
     sampler seed stream from the study, so no two trials share a config."""
     raw = sweep_dict(tmp_path, name="together", n_trials=6, sampler={"name": "random"}, pruner={"name": "none"},
                      space={"lr": {"path": "optimizer.lr", "low": 1e-4, "high": 1e-2, "log": True}})
     path = tmp_path / "together.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    procs = [spawn_sweep(path, tmp_path, epoch_s=0.05) for _ in range(3)]
+    procs = [spawn.sweep(path, tmp_path, epoch_s=0.05) for _ in range(3)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     trials = load_study("together", f"sqlite:///{tmp_path}/optuna.db").get_trials()
@@ -461,7 +453,7 @@ def test_a_plateau_stops_the_study_for_every_worker(workers, tmp_path):
 
 
 def test_plateau_settings_are_checked():
-    with pytest.raises(Exception, match="study.patience = 0"):
+    with pytest.raises(ConfigError, match=r"study\.patience = 0: must be >= 1 finished trials"):
         build_sweep(sweep_dict(Path("/tmp"), study={"patience": 0}))
 
 

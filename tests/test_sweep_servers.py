@@ -8,15 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import chromium, needs_chromium, sweep_dict, wait_for_health
+from tests.helpers import (Spawned, chromium, needs_chromium, stop_group, sweep_dict, wait_for_health, wait_for_url,
+                           wait_until)
 from vitsweep.sweep.runner import run_sweep
 from vitsweep.sweep.spec import build_sweep
+
+pytestmark = pytest.mark.slow  # server processes
 
 
 @pytest.fixture(scope="module")
@@ -26,47 +27,23 @@ def stores(tmp_path_factory) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(args: list[str], url: str, data: bytes | None = None, timeout: float = 120) -> dict:
-    proc = subprocess.Popen([sys.executable, "-m", "vitsweep", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def _serve(spawn: Spawned, args: list[str], url: str, data: bytes | None = None) -> dict:
+    proc = spawn.cli(*args)
     try:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited {proc.returncode}: {proc.stdout.read()}")
-            try:
-                req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    return json.loads(r.read())
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"no answer from {url}")
+        return json.loads(wait_for_url(url, proc, data))
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # our own process group (the server and its children)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, signal.SIGINT, 20)  # our own process group (the server and its children)
 
 
-def test_dashboard_serves_the_study(stores):
-    port = _free_port()
-    body = _serve(["dashboard", "--storage", f"sqlite:///{stores}/optuna.db", "--port", str(port)],
+def test_dashboard_serves_the_study(stores, port, spawn):
+    body = _serve(spawn, ["dashboard", "--storage", f"sqlite:///{stores}/optuna.db", "--port", str(port)],
                   f"http://127.0.0.1:{port}/api/studies")
     studies = body["study_summaries"]
     assert [s["study_name"] for s in studies] == ["srv"]
 
 
-def test_ui_serves_the_experiment_and_trial_runs(stores):
-    port = _free_port()
-    body = _serve(["ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db", "--port", str(port)],
+def test_ui_serves_the_experiment_and_trial_runs(stores, port, spawn):
+    body = _serve(spawn, ["ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db", "--port", str(port)],
                   f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search",
                   data=json.dumps({"experiment_ids": ["1"], "max_results": 100}).encode())
     runs = body["runs"]
@@ -75,21 +52,16 @@ def test_ui_serves_the_experiment_and_trial_runs(stores):
 
 
 @needs_chromium
-def test_ui_opens_the_runs_table_on_the_metric_the_trial_state_and_the_searched_params(stores, tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vitsweep", "ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db",
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        printed = [proc.stdout.readline() for _ in range(2)]  # the header, then the experiment's runs page
-        wait_for_health(port, proc)
-        url = printed[1].split(": ", 1)[1].strip()
-        assert printed[1].startswith("  runs of srv: ") and url.endswith("/runs?viewStateShareKey=vitsweep"), printed
-        in_view = chromium(url, tmp_path / "a", "--window-size=4000,1200", "--dump-dom", budget_ms=30000)
-        default = chromium(url.split("?")[0], tmp_path / "b", "--window-size=4000,1200", "--dump-dom", budget_ms=30000)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(30)
+def test_ui_opens_the_runs_table_on_the_metric_the_trial_state_and_the_searched_params(stores, tmp_path, port, spawn):
+    proc = spawn.cli("ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db", "--port", str(port))
+    printed = [proc.stdout.readline() for _ in range(2)]  # the header, then the experiment's runs page
+    wait_for_health(port, proc)
+    url = printed[1].split(": ", 1)[1].strip()
+    assert printed[1].startswith("  runs of srv: ") and url.endswith("/runs?viewStateShareKey=vitsweep"), printed
+    in_view = chromium(url, tmp_path / "a", "--window-size=4000,1200", "--dump-dom", budget_ms=30000)
+    default = chromium(url.split("?")[0], tmp_path / "b", "--window-size=4000,1200", "--dump-dom", budget_ms=30000)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(30)
     for column in ("best_val_acc_pct", "vitsweep.trial_state", "vitsweep.reason", "optimizer.lr"):  # column headers
         assert column in in_view, column
         assert column not in default, column  # MLflow's own default columns: Source, Models, Dataset
@@ -120,24 +92,16 @@ def test_a_busy_port_or_a_bad_one_is_exit_2_naming_the_holder(command, store, st
     assert proc.returncode == 2 and "--port 99999: must be a port number" in proc.stderr
 
 
-def test_ui_under_sigterm_stops_the_mlflow_server_and_its_workers(stores):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vitsweep", "ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db",
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        wait_for_health(port, proc)
-        os.kill(proc.pid, signal.SIGTERM)  # the main process only, as docker stop and systemd do
-        out = proc.communicate(timeout=30)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+def _nothing_listens(port: int) -> bool | None:
+    with socket.socket() as s:
+        return True if s.connect_ex(("127.0.0.1", port)) != 0 else None
+
+
+def test_ui_under_sigterm_stops_the_mlflow_server_and_its_workers(stores, port, spawn):
+    proc = spawn.cli("ui", "--tracking-uri", f"sqlite:///{stores}/mlflow.db", "--port", str(port))
+    wait_for_health(port, proc)
+    os.kill(proc.pid, signal.SIGTERM)  # the main process only, as docker stop and systemd do
+    out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 143 and "terminated (SIGTERM)" in out and "Traceback" not in out, out
-    deadline = time.time() + 10
-    while time.time() < deadline:  # nothing listens there any more
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"something still listens on {port} after SIGTERM")
+    wait_until(lambda: _nothing_listens(port), f"something still listens on {port} after SIGTERM", timeout=10,
+               every=0.2)

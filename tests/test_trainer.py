@@ -2,7 +2,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from vitsweep.train.loop import train
 from vitsweep.train.optimizers import build_optimizer
 from vitsweep.train.schedules import lr_at
 
-from tests.helpers import killed_then_resumed, tiny_config
+from tests.helpers import killed_then_resumed, tiny_config, wait_until
 
 
 def test_vit_shapes_and_no_decay_groups(tiny):
@@ -157,7 +156,7 @@ def test_best_checkpoint_loads_with_weights_only_and_reproduces_val_acc(tmp_path
     assert cfg == tiny_config() and len(meta["classes"]) == 10
 
 
-def test_cli_train_sigkill_then_resume_matches_uninterrupted(tmp_path):
+def test_cli_train_sigkill_then_resume_matches_uninterrupted(tmp_path, spawn):
     """A real `vitsweep train` process killed with SIGKILL mid-run, resumed with --resume."""
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(
@@ -167,10 +166,8 @@ def test_cli_train_sigkill_then_resume_matches_uninterrupted(tmp_path):
     )
     cmd = [sys.executable, "-m", "vitsweep", "train", str(cfg_file)]
     subprocess.run([*cmd, "--run-dir", "full"], check=True, capture_output=True)
-    proc = subprocess.Popen([*cmd, "--run-dir", "killed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "killed" / "last.pt").exists():
-        time.sleep(0.05)
+    proc = spawn([*cmd, "--run-dir", "killed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: (tmp_path / "killed" / "last.pt").exists() or None, "no last.pt written", proc, every=0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert load_checkpoint("killed/last.pt")["state"]["epoch"] < 4
