@@ -109,14 +109,15 @@ def side_by_side(arms: dict[str, Path], minutes: float, out: Path) -> dict[str, 
     return results
 
 
-def candidate_recipe(champion: Path, study: str, results: dict[str, dict[str, Any]], out: Path) -> Path:
+def candidate_recipe(study: str, results: dict[str, dict[str, Any]], out: Path) -> Path:
     """The champion's config as a recipe file that says where it came from."""
     c, r = results["champion"], results["recipe"]
     head = (f"# The CPU recipe, found by vitsweep: the best trial of study {study} (benchmarks/proof.py,\n"
             f"# {dt.date.today()}), retrained on the full data beside the previous recipe for {c['minutes']:.0f} minutes\n"
             f"# each, one core each: {c['best_val_acc']:.2%} val / {_pct(c['test_acc'])} test against the previous\n"
             f"# recipe's {r['best_val_acc']:.2%} / {_pct(r['test_acc'])}; chosen on validation accuracy.\n")
-    body = "".join(line for line in champion.read_text().splitlines(keepends=True) if not line.startswith("#"))
+    ran = Path(c["run_dir"]) / "config.yaml"  # what the champion arm trained: its final-budget settings included
+    body = "".join(line for line in ran.read_text().splitlines(keepends=True) if not line.startswith("#"))
     path = out / "cpu_recipe.yaml"
     path.write_text(head + body)
     return path
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{verdict} (sweep {'skipped' if sweep_min is None else f'{sweep_min:.1f} min'}, "
           f"{(time.perf_counter() - t0) / 60:.1f} min in all)")
     if gap > 0:
-        path = candidate_recipe(champion, study, results, out)
+        path = candidate_recipe(study, results, out)
         print(f"candidate recipe: {path} (cp {path} sweeps/cpu_recipe.yaml)")
     record = {"study": study, "sweep": str(args.sweep), "sweep_minutes": sweep_min, "minutes": args.minutes,
               "arms": results, "verdict": verdict, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes")}

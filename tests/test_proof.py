@@ -40,4 +40,7 @@ def test_the_proof_sweeps_then_trains_champion_and_recipe_side_by_side(tmp_path)
     assert any(line.startswith("champion ") for line in lines) and any(line.startswith("recipe ") for line in lines)
     assert "wins on validation by" in done.stdout
     if "champion wins" in done.stdout:
-        assert (out / "cpu_recipe.yaml").read_text().startswith("# The CPU recipe, found by vitsweep")
+        candidate = (out / "cpu_recipe.yaml").read_text()
+        assert candidate.startswith("# The CPU recipe, found by vitsweep")
+        final = yaml.safe_load(candidate)  # the budget it won at, not the trial's
+        assert final["train"]["time_limit"] == 3 and final["schedule"]["by_time"] and final["data"]["train_limit"] is None
