@@ -216,7 +216,8 @@ def cpu_model() -> str:
             k, _, v = line.partition(":")
             info.setdefault(k.strip(), v.strip())
     flags = set(info.get("flags", "").split())
-    feats = [f for f in ("avx512_bf16", "amx_bf16") if f in flags] or (["avx2"] if "avx2" in flags else [])
+    feats = ([f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+             or [next((f for f in ("avx512f", "avx2") if f in flags), "no avx2")])
     name = info.get("model name", platform.processor() or platform.machine())
     if info.get("cpu family") == "25":  # AMD: family 25 is Zen 3 (models 0-15) and Zen 4 (16 and up)
         name += " Zen 3" if int(info.get("model", "0")) < 16 else " Zen 4"
