@@ -125,9 +125,9 @@ def _runs_page(sweep: SweepConfig, tracker: Tracker) -> str | None:
 
 def _end(sweep: SweepConfig, storage: optuna.storages.BaseStorage, tracker: Tracker, parent: str | None, t0: float,
          stop: KeyboardInterrupt | None, failure: BaseException | None, runs_page: str | None) -> SweepSummary:
-    """The sweep's summary, and its parent run ended: KILLED after Ctrl-C/SIGTERM, FAILED after an
-    error (its message as the reason), FINISHED otherwise; left RUNNING while workers elsewhere run
-    trials (the last one to finish ends it)."""
+    """The sweep's summary, and its parent run ended: KILLED after Ctrl-C/SIGTERM; else left RUNNING
+    while workers elsewhere run trials (the last one to finish ends it); else FAILED after an error
+    (its message as the reason), FINISHED otherwise."""
     final = optuna.load_study(study_name=sweep.study.name, storage=storage)
     summary = summarize(final, parent, time.perf_counter() - t0, stop is not None, runs_page)
     metric = sweep.study.metric
@@ -140,8 +140,9 @@ def _end(sweep: SweepConfig, storage: optuna.storages.BaseStorage, tracker: Trac
     tags = {TAG_STOP: why} if why else {}
     if failure is not None:
         tags[TAG_REASON] = _reason(failure, sweep)
-    status = "KILLED" if stop else "FAILED" if failure is not None else "FINISHED"
-    tracker.end_parent(parent, None if others else status,
+    # Ctrl-C/SIGTERM ends it KILLED even with trials re-queued (WAITING): this sweep was stopped
+    status = "KILLED" if stop else None if others else "FAILED" if failure is not None else "FINISHED"
+    tracker.end_parent(parent, status,
                        {**{f"trials_{k.lower()}": v for k, v in summary.counts.items()},
                         **({f"best_{metric}": summary.best_value} if summary.best_value is not None else {})},
                        tags=tags or None)
