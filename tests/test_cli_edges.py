@@ -5,11 +5,15 @@ Optuna storages, unwritable folders, unknown devices, out of memory (issue 13, i
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli, sweep_dict, trainer_dict
+from tests.helpers import cli, free_port, sweep_dict, trainer_dict
 
 
 def test_a_binary_config_or_sweep_file_is_exit_2(tmp_path, capsys):
@@ -161,43 +165,33 @@ def test_studies_lists_every_study_with_states_best_and_last_activity(tmp_path, 
 # Issue 22: nothing lost, nothing left RUNNING, no traceback, no password, a prompt exit
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _unprivileged(*cmd: str) -> list[str]:
     """``cmd`` run so that file permissions hold: as root, without the capabilities that override
     them (setpriv); as anyone else, as it is."""
     if os.geteuid() != 0:
         return list(cmd)
-    import shutil
-
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: read-only folders cannot be tested")
     return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--", *cmd]
 
 
-def _vitsweep(*args: str, cwd: Path, unprivileged: bool = False, timeout: float = 300):
-    """``vitsweep ARGS`` as a process (optionally without root's file capabilities): the finished process."""
-    import subprocess
-    import sys
+def _finished(spawn, argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:  # noqa: ANN001
+    """``argv`` run to its end through the ``spawn`` fixture (torn down whatever happens): its exit
+    code, stdout and stderr."""
+    proc = spawn(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
-    from tests.helpers import REPO
 
+def _vitsweep(spawn, *args: str, cwd: Path, unprivileged: bool = False,  # noqa: ANN001
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """``vitsweep ARGS`` as a process (optionally without root's file capabilities), run to its end."""
     cmd = [sys.executable, "-m", "vitsweep", *args]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(_unprivileged(*cmd) if unprivileged else cmd, cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return _finished(spawn, _unprivileged(*cmd) if unprivileged else cmd, cwd, timeout)
 
 
 def _read_only(folder: Path) -> None:
     """Make ``folder`` read-only, and check that it really is for the processes the tests start."""
-    import subprocess
-
     folder.chmod(0o555)
     probe = subprocess.run(_unprivileged("touch", str(folder / "probe")), capture_output=True)
     assert probe.returncode != 0, "setpriv did not make the read-only folder unwritable"
@@ -223,29 +217,30 @@ def test_train_refuses_a_run_dir_that_holds_a_run(tmp_path, capsys):
     assert code == 0 and (tmp_path / "new" / "best.pt").is_file(), err
 
 
-def test_a_database_server_that_is_down_is_exit_2_for_every_store_and_command(tmp_path, capsys):
+@pytest.mark.slow
+def test_a_database_server_that_is_down_is_exit_2_for_every_store_and_command(tmp_path, capsys, port, spawn):
     """Item 3: an MLflow store on a PostgreSQL that does not answer is exit 2 (no traceback, no
     minutes of MLflow's retries), in `run` (nothing created) and in `ui`."""
     import yaml
 
-    down = f"postgresql://postgres@127.0.0.1:{_free_port()}/mlflow"
+    down = f"postgresql://postgres@127.0.0.1:{port}/mlflow"
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep_dict(tmp_path, n_trials=1)))
     code, out, err = cli("run", str(tmp_path / "s.yaml"), "--tracking-uri", down, capsys=capsys)
     assert code == 2 and "cannot connect to the database" in err and "Traceback" not in err, err
     assert not (tmp_path / "optuna.db").exists()
-    proc = _vitsweep("ui", "--tracking-uri", down, "--port", str(_free_port()), cwd=tmp_path, timeout=240)
+    proc = _vitsweep(spawn, "ui", "--tracking-uri", down, "--port", str(free_port()), cwd=tmp_path, timeout=240)
     assert proc.returncode == 2 and "cannot connect to the database" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_a_password_with_an_at_sign_is_never_shown(tmp_path, capsys):
+def test_a_password_with_an_at_sign_is_never_shown(tmp_path, capsys, port):
     """Item 5: `user:Hunter2@Secret@host`: masked up to the last @, in vitsweep's messages and in the
     driver's (which takes `Secret@host` for the host name)."""
     import yaml
 
     from vitsweep.paths import redact
 
-    url = f"postgresql://postgres:Hunter2@Secret@127.0.0.1:{_free_port()}/optuna"
+    url = f"postgresql://postgres:Hunter2@Secret@127.0.0.1:{port}/optuna"
     assert redact(url).startswith("postgresql://postgres:***@127.0.0.1:")
     assert redact('host "Secret@127.0.0.1" unknown', url) == 'host "***@127.0.0.1" unknown'
     code, out, err = cli("trials", "--storage", url, capsys=capsys)
@@ -278,7 +273,8 @@ def test_malformed_store_urls_are_exit_2_naming_the_value_and_the_fix(args, expe
     assert not (tmp_path / "optuna.db").exists() and not Path("storage/x.db").exists()
 
 
-def test_a_read_only_storage_folder_is_exit_2_in_run_and_train(tmp_path):
+@pytest.mark.slow
+def test_a_read_only_storage_folder_is_exit_2_in_run_and_train(tmp_path, spawn):
     """Item 6: a read-only storage/ (the default home of the data cache, the stores and the runs):
     `run` and `train` say which setting cannot be written and how to fix it, with no traceback."""
     import yaml
@@ -295,13 +291,13 @@ def test_a_read_only_storage_folder_is_exit_2_in_run_and_train(tmp_path):
     (tmp_path / "storage").mkdir()
     _read_only(tmp_path / "storage")
     try:
-        run = _vitsweep("run", "s.yaml", cwd=tmp_path, unprivileged=True)  # the MLflow store is checked first
+        run = _vitsweep(spawn, "run", "s.yaml", cwd=tmp_path, unprivileged=True)  # the MLflow store is checked first
         assert run.returncode == 2 and "storage/mlflow.db cannot be written" in run.stderr, run.stderr
-        cache = _vitsweep("run", "s.yaml", "--tracking-uri", "none", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+        cache = _vitsweep(spawn, "run", "s.yaml", "--tracking-uri", "none", "--storage", f"sqlite:///{tmp_path}/optuna.db",
                           cwd=tmp_path, unprivileged=True)  # the data cache is written before the Optuna storage
         assert cache.returncode == 2 and "data.cache_dir = storage/cache" in cache.stderr, cache.stderr
         assert "--set data.cache_dir=" in cache.stderr and not (tmp_path / "optuna.db").exists()
-        train = _vitsweep("train", "t.yaml", cwd=tmp_path, unprivileged=True)
+        train = _vitsweep(spawn, "train", "t.yaml", cwd=tmp_path, unprivileged=True)
         assert train.returncode == 2 and "storage/runs" in train.stderr and "--run-dir" in train.stderr, train.stderr
         for proc in (run, cache, train):
             assert "Traceback" not in proc.stderr + proc.stdout
@@ -310,7 +306,8 @@ def test_a_read_only_storage_folder_is_exit_2_in_run_and_train(tmp_path):
     assert not any((tmp_path / "storage").iterdir())
 
 
-def test_a_valid_read_only_sqlite_database_is_not_called_something_else(tmp_path):
+@pytest.mark.slow
+def test_a_valid_read_only_sqlite_database_is_not_called_something_else(tmp_path, spawn):
     """Item 7: a sweep storage in a folder this user cannot write is a valid database: the message
     says what stops SQLite from reading it (and how to fix that), not "not a SQLite database"."""
     import optuna
@@ -326,7 +323,7 @@ def test_a_valid_read_only_sqlite_database_is_not_called_something_else(tmp_path
     assert not (ro / "optuna.db-wal").exists() and not (ro / "optuna.db-shm").exists()
     _read_only(ro)
     try:
-        proc = _vitsweep("trials", "--storage", f"sqlite:///{ro}/optuna.db", cwd=tmp_path, unprivileged=True)
+        proc = _vitsweep(spawn, "trials", "--storage", f"sqlite:///{ro}/optuna.db", cwd=tmp_path, unprivileged=True)
     finally:
         ro.chmod(0o755)
     assert proc.returncode == 2 and "not a SQLite database" not in proc.stderr, proc.stderr
@@ -358,25 +355,20 @@ def test_a_promoted_run_stopped_by_sigterm_says_sigterm(tmp_path):
     assert run.data.tags["vitsweep.reason"].startswith("terminated (SIGTERM)"), run.data.tags["vitsweep.reason"]
 
 
-def _modules_after(args: list[str], cwd: Path, probe: str) -> str:
+def _modules_after(spawn, args: list[str], cwd: Path, probe: str) -> str:  # noqa: ANN001
     """Run ``vitsweep ARGS`` in a process whose last exit handler prints ``probe`` (an expression)."""
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO
-
     code = ("import atexit, gc, sys\n"
             f"atexit.register(lambda: print('PROBE', {probe}, file=sys.stderr))\n"
             "from vitsweep.cli import main\n"
             f"sys.argv = ['vitsweep', *{args!r}]\n"
             "main()\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = _finished(spawn, [sys.executable, "-c", code], cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return proc.stderr.split("PROBE ", 1)[1].strip()
 
 
-def test_trials_and_studies_import_neither_torch_nor_mlflow(tmp_path):
+@pytest.mark.slow
+def test_trials_and_studies_import_neither_torch_nor_mlflow(tmp_path, spawn):
     """Item 9: the read-only tables load neither torch, torchvision, MLflow nor pandas (seconds of
     imports to print a table)."""
     import optuna
@@ -390,11 +382,12 @@ def test_trials_and_studies_import_neither_torch_nor_mlflow(tmp_path):
                                               distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1)}))
     heavy = "sorted(m for m in ('torch', 'torchvision', 'mlflow', 'pandas') if m in sys.modules)"
     for args in (["trials", "--storage", url, "--csv", str(tmp_path / "t.csv")], ["studies", "--storage", url]):
-        assert _modules_after(args, tmp_path, heavy) == "[]", args
+        assert _modules_after(spawn, args, tmp_path, heavy) == "[]", args
     assert (tmp_path / "t.csv").read_text().splitlines()[0] == "number,state,value,epochs,duration_s,lr,reason,mlflow_run_id"
 
 
-def test_a_finished_command_leaves_no_heap_for_the_shutdown_to_walk(tmp_path):
+@pytest.mark.slow
+def test_a_finished_command_leaves_no_heap_for_the_shutdown_to_walk(tmp_path, spawn):
     """Item 8: after its last line, a command that loaded torch and MLflow used to spend seconds (a
     minute under load) in the interpreter's shutdown, garbage-collecting some 650,000 objects
     several times. Now the heap is frozen once every exit handler has run: the collections at
@@ -402,6 +395,6 @@ def test_a_finished_command_leaves_no_heap_for_the_shutdown_to_walk(tmp_path):
     import yaml
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep_dict(tmp_path, n_trials=1, pruner={"name": "none"})))
-    left = _modules_after(["run", str(tmp_path / "s.yaml")], tmp_path, "len(gc.get_objects()), gc.get_freeze_count()")
+    left = _modules_after(spawn, ["run", str(tmp_path / "s.yaml")], tmp_path, "len(gc.get_objects()), gc.get_freeze_count()")
     walked, frozen = (int(n) for n in left.split())
     assert frozen > 100_000 and walked < 10_000, (walked, frozen)
