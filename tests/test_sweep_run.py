@@ -570,3 +570,90 @@ def test_a_pruned_trial_says_why_everywhere(swept, capsys):
         assert reason in out and reason in report
         if t.number < 6:  # the fixture's own sweep printed these lines (test_resume_continues_the_study adds trials)
             assert any(line.startswith(f"trial {t.number:>3}  PRUNED") and f"({reason})" in line for line in lines)
+
+
+def test_a_data_error_inside_a_trial_ends_the_parent_run_and_says_why(tmp_path, capsys):
+    """Issue 22 item 2: a sampled data.root with undecodable images stops the sweep (exit 2), but
+    ends its MLflow parent run FAILED with the reason and records why on the trial. A corrected
+    file that changes the param's choices is refused saying so (Optuna cannot mix two choice lists
+    in one study), not as "a different trainer config"."""
+    from tests.test_data import make_imagefolder
+
+    make_imagefolder(tmp_path / "good", per_class=(12, 4))
+    make_imagefolder(tmp_path / "bad", per_class=(12, 4))
+    (tmp_path / "bad" / "train" / "cat" / "0.png").write_bytes(b"not an image at all" * 10)
+    raw = sweep_dict(tmp_path, n_trials=2, pruner={"name": "none"},
+                     space={"root": {"path": "data.root", "choices": [str(tmp_path / "bad")]}})
+    raw["trainer"]["data"] = {"source": "imagefolder", "root": str(tmp_path / "good"), "val_size": 6,
+                              "cache_dir": str(tmp_path / "cache")}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
+    assert code == 2 and "cannot decode image" in err and "Traceback" not in err, (out, err)
+    study = load_study("s", f"sqlite:///{tmp_path}/optuna.db")
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"].startswith("data error: cannot decode")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = client.get_run(study.user_attrs[PARENT_ATTR])
+    assert parent.info.status == "FAILED" and "cannot decode image" in parent.data.tags["vitsweep.reason"]
+    assert mlflow_runs(tmp_path, "s")[0].info.status == "FAILED"
+    raw["space"] = {"root": {"path": "data.root", "choices": [str(tmp_path / "good")]}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
+    assert code == 2 and "param 'root'" in err and "new study.name" in err and "Traceback" not in err, err
+    assert len(load_study("s", f"sqlite:///{tmp_path}/optuna.db").get_trials()) == 1
+
+
+def test_a_study_whose_trials_all_failed_before_training_takes_the_fixed_file(tmp_path, capsys):
+    """Issue 22 item 2: a data error in every trial (a sampled val_size the image folder cannot
+    hold) measured nothing: the corrected sweep file is taken and runs; each run's parent ended."""
+    from tests.test_data import make_imagefolder
+
+    make_imagefolder(tmp_path / "img", per_class=(12, 4))
+    raw = sweep_dict(tmp_path, n_trials=2, pruner={"name": "none"},
+                     space={"val": {"path": "data.val_size", "low": 100, "high": 100}})
+    raw["trainer"]["data"] = {"source": "imagefolder", "root": str(tmp_path / "img"), "val_size": 6,
+                              "cache_dir": str(tmp_path / "cache")}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
+    assert code == 2 and "data.val_size = 100" in err and "Traceback" not in err, (out, err)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = load_study("s", f"sqlite:///{tmp_path}/optuna.db").user_attrs[PARENT_ATTR]
+    assert client.get_run(parent).info.status == "FAILED"
+    raw["space"] = {"val": {"path": "data.val_size", "low": 6, "high": 9}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
+    assert code == 0, err
+    trials = load_study("s", f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_grid_too_large_to_hold_is_refused_before_anything_exists(tmp_path, capsys):
+    """Issue 22 item 4: a grid over an int 0..10^12 is counted when the file is read: exit 2 naming
+    the count and the fix, not "out of memory" after the study and its parent run exist."""
+    raw = sweep_dict(tmp_path, n_trials=2, sampler={"name": "grid"}, pruner={"name": "none"},
+                     space={"dim": {"path": "model.depth", "low": 0, "high": 10 ** 12},
+                            "optimizer": {"path": "optimizer.name", "choices": ["adan", "adamw"]}})
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "g.yaml"), capsys=capsys)
+    assert code == 2 and "2,000,000,000,002 grid points" in err and "larger step" in err, (out, err)
+    assert "out of memory" not in err and not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+    raw["space"]["dim"] = {"path": "model.depth", "low": 1, "high": 2}  # a grid that fits is run as before
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", str(tmp_path / "g.yaml"), capsys=capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("problem", ["not a database", "a folder"])
+def test_a_storage_error_creates_no_mlflow_experiment(problem, tmp_path, capsys):
+    """Issue 22 item 7: the MLflow experiment is created only once both stores have answered."""
+    db = tmp_path / "optuna.db"
+    if problem == "a folder":
+        db.mkdir()
+    else:
+        db.write_text("hello, I am not a database\n" * 20)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep_dict(tmp_path, n_trials=1)))
+    code, out, err = cli("run", str(tmp_path / "s.yaml"), capsys=capsys)
+    assert code == 2 and "Traceback" not in err, err
+    if (tmp_path / "mlflow.db").exists():
+        assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("s") is None

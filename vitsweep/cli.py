@@ -28,6 +28,15 @@ def _existing_ref(ref: str) -> bool:
     return Path(ref).exists() or not looks_like_path(ref)
 
 
+def _tracking(uri: Optional[str]) -> None:
+    """A ``--tracking-uri`` that cannot work (two slashes after sqlite:, a port that is not a number)
+    is exit 2 before anything else is read."""
+    if uri is not None:
+        from vitsweep.paths import check_tracking_uri
+
+        check_tracking_uri(uri, "--tracking-uri")
+
+
 def _folder(path: Optional[Path], option: str) -> None:
     """An output folder option that names an existing file is a user's mistake: exit 2 before anything."""
     if path is not None and path.exists() and not path.is_dir():
@@ -89,14 +98,12 @@ def train(
     cfg = load_config(config if config is not None else resume / "config.yaml", set_ or [])  # type: ignore[operator]
 
     from vitsweep import console
-    from vitsweep.paths import RUNS_DIR
+    from vitsweep.train.checkpoint import choose_run_dir
     from vitsweep.train.loop import train as run_train
 
     _threads(threads)
-    if resume is not None:
-        run_dir = resume
-    elif run_dir is None:
-        run_dir = RUNS_DIR / f"{(config or Path('run')).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = choose_run_dir(run_dir, resume, cfg.train.checkpoint, (config or Path("run")).stem,
+                             time.strftime("%Y%m%d-%H%M%S"))
     console.err(("resuming " if resume else "training ") + console.describe(cfg) + f"\nrun dir: {run_dir}")
     try:
         result = run_train(cfg, console.epoch_line(cfg.train.epochs), run_dir=run_dir, resume=resume is not None,
@@ -137,6 +144,7 @@ def evaluate(
     Example: vitsweep evaluate storage/runs/cpu_recipe-20261125-1700/best.pt"""
     from vitsweep.trained.evaluate import format_summary, run_evaluate
 
+    _tracking(tracking_uri)
     _folder(out, "--out")
     _threads(threads)
     ref = _model_ref(ref, champion, study, tracking_uri)
@@ -163,6 +171,7 @@ def bench(
     Example: vitsweep bench storage/runs/NAME/best.pt --batch-sizes 1,16,128"""
     from vitsweep.trained.bench import format_summary, parse_batch_sizes, run_bench
 
+    _tracking(tracking_uri)
     _folder(out, "--out")
     sizes = parse_batch_sizes(batch_sizes)
     ref = _model_ref(ref, champion, study, tracking_uri)
@@ -188,6 +197,7 @@ def export(
     Example: vitsweep export storage/runs/NAME/best.pt --format onnx"""
     from vitsweep.trained.export import format_summary, run_export
 
+    _tracking(tracking_uri)
     _folder(out, "--out")
     ref = _model_ref(ref, champion, study, tracking_uri)
     result = run_export(ref, format, out=out, tracking_uri=tracking_uri)
@@ -278,6 +288,7 @@ def promote(
     Example: vitsweep promote --top 3 --epochs 30 --set data.train_limit=null"""
     from vitsweep.train.config import parse_overrides
 
+    _tracking(tracking_uri)
     _folder(out, "--out")
     overrides = parse_overrides(set_ or [])  # before torch and Optuna are imported
     from vitsweep.promote.retrain import DEFAULT_OUT, promote as run_promote
@@ -308,6 +319,7 @@ def report(
     Example: vitsweep report --study cifar10_cpu"""
     from vitsweep.report.page import write_report
 
+    _tracking(tracking_uri)
     res = write_report(study, storage, tracking_uri, out, promote_dir)
     if res.promotion:
         next_step(f"vitsweep evaluate models:/vitsweep-{res.study}@champion")
@@ -342,6 +354,7 @@ def ui(
     from vitsweep.paths import tracking_uri as resolve_tracking
     from vitsweep.servers import ui as serve
 
+    _tracking(tracking_uri)
     raise typer.Exit(serve(resolve_tracking(tracking_uri), host, port))
 
 
@@ -352,6 +365,7 @@ app.command()(stop)
 
 
 def main() -> None:
+    signals.exit_promptly()
     plain_warnings()
     signals.install()
     try:

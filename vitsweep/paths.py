@@ -1,5 +1,6 @@
 """Where things are kept: every ``storage/...`` default, the store URLs (options, environment,
-defaults), the embedded SQLite stores, and the one way files are written atomically.
+defaults; their checks and masking are :mod:`vitsweep.urls`'s), the embedded SQLite stores, and
+the one way files are written atomically.
 
 Stores: the Optuna storage of commands that take ``--storage`` is ``--storage``, else
 ``$VITSWEEP_STORAGE``, else ``sqlite:///storage/optuna.db``; the MLflow store is ``--tracking-uri``,
@@ -13,14 +14,16 @@ lock instead of failing with "database is locked".
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import sqlite3
 from pathlib import Path
 from typing import Callable
 
 from vitsweep.errors import ConfigError
-from vitsweep.inputs import brief
+# The store URLs' checks, kinds and masking live in vitsweep.urls; imported from here as well
+from vitsweep.urls import (check_reachable, check_tracking_uri, check_url, grpc_address, grpc_problem,  # noqa: F401
+                           is_database_server, is_grpc, is_http, is_postgres, missing_driver, redact, tracking_off)
 
 # Everything vitsweep writes by default lives under storage/ (ignored by git).
 STORAGE = Path("storage")
@@ -61,81 +64,16 @@ def storage_url(given: str | None = None) -> str:
 
 
 def tracking_uri(given: str | None = None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///storage/mlflow.db``."""
-    return given or os.environ.get(TRACKING_ENV) or DEFAULT_TRACKING
-
-
-def check_url(url: str, where: str, errors: list[str] | None = None) -> None:
-    """Append the problem to ``errors``, or raise it when there is no list to collect it in."""
-    if is_grpc(url):
-        msg = grpc_problem(url, where)
-    elif not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        msg = (f"{where} = {brief(url)}: must be a database URL: sqlite:///path.db, postgresql://..., mysql://..., "
-               f"or grpc://HOST:PORT (a vitsweep storage-proxy)")
-    else:
-        msg = None
-    if msg is not None:
-        if errors is None:
-            raise ConfigError(msg)
-        errors.append(msg)
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for everything vitsweep shows (a URL's
-    password reaches child processes through the environment, never a command line)."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
-
-
-def missing_driver(url: str, err: ModuleNotFoundError) -> ConfigError:
-    """The error for a database URL whose driver is not installed: which one, and how to get it."""
-    scheme = url.split("://", 1)[0]
-    package = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient",
-               "pymysql": "pymysql"}.get(err.name or "", err.name)
-    return ConfigError(f"{redact(url)}: the database driver for {scheme}:// ({err.name}) is not installed; "
-                       f"install it (pip install {package}) or use a plain postgresql://USER:PASSWORD@HOST/DB "
-                       f"URL (psycopg 3, installed with vitsweep)")
-
-
-def is_postgres(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgresql+", "postgres://"))
-
-
-_GRPC = re.compile(r"grpc://(\[[0-9a-fA-F:.]+\]|[^\[\]/:@?#\s]+)(?::(\d+))?/?", re.IGNORECASE)
-
-
-def is_grpc(url: str) -> bool:
-    """``grpc://HOST:PORT``: a ``vitsweep storage-proxy`` in front of the database."""
-    return url.lower().startswith("grpc://")
-
-
-def grpc_address(url: str) -> tuple[str, int]:
-    """(host, port) of ``grpc://HOST[:PORT]`` (port 13000 when left out; IPv6 as ``[::1]:13000``);
-    a URL that is not one is a ConfigError."""
-    problem = grpc_problem(url, "storage URL")
-    if problem:
-        raise ConfigError(problem)
-    m = _GRPC.fullmatch(url)
-    assert m is not None
-    return m.group(1).strip("[]"), int(m.group(2) or 13000)
-
-
-def grpc_problem(url: str, where: str) -> str | None:
-    m = _GRPC.fullmatch(url)
-    if m is None:
-        return (f"{where} = {brief(url)}: a storage proxy URL is grpc://HOST:PORT (no user, password, path or "
-                f"query: the proxy holds the database URL), e.g. grpc://dbhost:13000")
-    if m.group(2) is not None and (len(m.group(2).lstrip("0")) > 5 or not 1 <= int(m.group(2)) <= 65535):
-        return f"{where} = {brief(url)}: port {brief(m.group(2), plain=True)} is not in 1..65535"
-    return None
-
-
-def is_http(uri: str) -> bool:
-    return uri.lower().startswith(("http://", "https://"))
-
-
-def tracking_off(uri: str) -> bool:
-    """``--tracking-uri none`` turns MLflow off."""
-    return uri.lower() == "none"
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///storage/mlflow.db``. A URI
+    that cannot work (:func:`check_tracking_uri`) is a ConfigError naming where it came from."""
+    if given:
+        check_tracking_uri(given, "--tracking-uri")
+        return given
+    env = os.environ.get(TRACKING_ENV)
+    if env:
+        check_tracking_uri(env, f"${TRACKING_ENV}")
+        return env
+    return DEFAULT_TRACKING
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,8 +114,9 @@ def prepare_sqlite(url: str) -> None:
         if "not a database" in why:
             raise ConfigError(f"{url}: {path} is not a SQLite database; give another file (vitsweep creates it)") from None
         if "readonly" in why or "unable to open" in why:
-            raise ConfigError(f"{url}: {path} cannot be written ({why}); make {path.parent} writable or use "
-                              f"another location") from None
+            fix = (f"make {path} writable" if path.is_file() and not os.access(path, os.W_OK) else
+                   f"make {path.parent} writable")
+            raise ConfigError(f"{url}: {path} cannot be written ({why}); {fix} or use another location") from None
         raise ConfigError(f"{url}: {path}: {why}") from None
 
 
@@ -194,11 +133,39 @@ def sqlite_tables(url: str) -> set[str] | None:
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        raise ConfigError(f"{url}: {path} is not a SQLite database ({e})") from None
+        why = str(e)
+        if "not a database" in why or "encrypted" in why:
+            raise ConfigError(f"{url}: {path} is not a SQLite database ({why})") from None
+        if "readonly" in why or "unable to open" in why:  # a valid database that this user cannot open
+            raise ConfigError(
+                f"{url}: {path} cannot be opened for reading ({why}): "
+                + ("it is not readable by this user; make it readable" if path.is_file() and not os.access(path, os.R_OK)
+                   else f"it is a WAL database in a folder this user cannot write ({path.parent}), and SQLite must "
+                        f"create {path.name}-shm and {path.name}-wal beside it even to read it; make {path.parent} "
+                        f"writable, or copy the database (with any -wal file) to a folder that is")) from None
+        raise ConfigError(f"{url}: {path}: {why}") from None
 
 
 # ---------------------------------------------------------------------------------------------
 # Files
+
+
+def writable_folder(path: str | Path, what: str, fix: str) -> Path:
+    """Create the folder ``path`` if missing and make sure files can be written in it; otherwise a
+    ConfigError naming ``what`` (e.g. ``--run-dir storage/runs/x``), why, and ``fix``. Checked by
+    writing (and removing) a probe file: permission bits alone do not say (root, ACLs, read-only mounts)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot create the folder {e.filename or path} ({e.strerror}); {fix}") from None
+    probe = path / f".vitsweep-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot write in {path} ({e.strerror}); {fix}") from None
+    return path
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -207,8 +174,13 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written temporary file left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class FileLock:

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import DEFAULT_STORAGE, DEFAULT_TRACKING, is_http, redact, sqlite_path
+from vitsweep.paths import (DEFAULT_STORAGE, DEFAULT_TRACKING, check_reachable, is_database_server, is_http,
+                            redact, sqlite_path)
 from vitsweep.sweep.storage import open_storage
 
 
@@ -85,6 +86,8 @@ def ui(tracking_uri: str = DEFAULT_TRACKING, host: str = "127.0.0.1", port: int 
     path = sqlite_path(tracking_uri)
     if path is not None and not path.is_file():
         raise VitsweepError(f"no MLflow store at {tracking_uri} ({path} does not exist); run a sweep first")
+    if is_database_server(tracking_uri):  # a server that is down: exit 2 now, not minutes of MLflow's retries
+        check_reachable(tracking_uri)
     check_port(host, port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
     # The store goes through the environment, not the command line (ps shows it). MLflow's job

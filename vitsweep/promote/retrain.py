@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 import yaml
 
-from vitsweep import console
+from vitsweep import console, signals
 from vitsweep.train.config import Config, flatten
 from vitsweep.errors import VitsweepError, one_line
 from vitsweep.trained.evaluate import plot_confusion, write_confusion_csv
@@ -287,10 +287,10 @@ def _run_one(p: _Plan, c: Candidate, s: int, prefix: str) -> tuple[RunRecord, bo
         if p.hook is not None:
             p.hook(name, epoch, m)
 
-    with _ending_run_on_error(p.ml, run_id, "interrupted (Ctrl-C); run the same command again to resume"):
+    with _ending_run_on_error(p.ml, run_id, "; run the same command again to resume"):
         with live:
             r = train(cfg, on_epoch, run_dir=run_dir, resume=True, continue_from=trunk)
-    with _ending_run_on_error(p.ml, run_id, "interrupted while recording; run the same command again to finish"):
+    with _ending_run_on_error(p.ml, run_id, " while recording; run the same command again to finish"):
         rec = _record(p.sel, c, seed, cfg, key, r, run_id, run_dir)
         rec.save(result_file)
         p.out(f"{prefix}{r.stop_reason} after {r.epochs_run}/{p.epochs} epochs; best val acc {r.best_val_acc:.2%} "
@@ -351,13 +351,13 @@ def _publish(ml: Promotion, run_id: str | None, rec: RunRecord, run_dir: Path) -
 
 
 @contextlib.contextmanager
-def _ending_run_on_error(ml: Promotion, run_id: str | None, interrupted: str) -> Iterator[None]:
-    """End the MLflow run as KILLED (Ctrl-C, with ``interrupted`` as the reason) or FAILED if the
-    body raises; the exception propagates."""
+def _ending_run_on_error(ml: Promotion, run_id: str | None, then: str) -> Iterator[None]:
+    """End the MLflow run as KILLED (Ctrl-C or SIGTERM: the reason says which, then ``then``) or
+    FAILED if the body raises; the exception propagates."""
     try:
         yield
-    except KeyboardInterrupt:
-        ml.end(run_id, "KILLED", interrupted)
+    except KeyboardInterrupt as e:
+        ml.end(run_id, "KILLED", signals.describe(e) + then)
         raise
     except BaseException as e:
         ml.end(run_id, "FAILED", f"{type(e).__name__}: {one_line(e)}")

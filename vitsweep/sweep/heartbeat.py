@@ -15,15 +15,16 @@ from vitsweep.tracking.tags import RUN_ATTR
 class StaleTrial:
     """Heartbeat-stale trial (its worker died): end its MLflow run as FAILED, then re-queue it."""
 
-    def __init__(self, max_retry: int, tracker: Tracker):
+    def __init__(self, max_retry: int, tracker: Tracker | None = None):
         with experimental_ok():
             self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        self.tracker = tracker
+        self.tracker = tracker  # may be set later: the storage is opened before the MLflow store
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        with contextlib.suppress(Exception):
-            self.tracker.end_trial(trial.user_attrs.get(RUN_ATTR), "FAIL",
-                                   "worker died (no heartbeat within the grace period); trial re-queued")
+        if self.tracker is not None:
+            with contextlib.suppress(Exception):
+                self.tracker.end_trial(trial.user_attrs.get(RUN_ATTR), "FAIL",
+                                       "worker died (no heartbeat within the grace period); trial re-queued")
         self.retry(study, trial)
 
 

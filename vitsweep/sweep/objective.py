@@ -99,7 +99,10 @@ class Objective:
                 requeue(trial)
                 requeued = True  # its checkpoint stays: the re-queued trial resumes from it
             raise
-        except DataError:
+        except DataError as e:  # stops the sweep (every trial would fail the same way): the trial says why
+            end.reason = f"data error: {one_line(e)}"
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(REASON_ATTR, end.reason)
             raise
         except Exception as e:  # noqa: BLE001 - out of memory, a trainer error...: record it and go on
             end.reason = f"{type(e).__name__}: {one_line(e)}"

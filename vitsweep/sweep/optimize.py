@@ -51,10 +51,13 @@ class Stores:
 
     @classmethod
     def open(cls, sweep: SweepConfig) -> Stores:
-        tracker = sweep_tracker(sweep, background=True)
+        """The Optuna storage first, then the MLflow store: a storage that cannot be opened leaves
+        no empty MLflow experiment behind."""
         st = sweep.storage
+        stale = StaleTrial(st.max_retry)
         storage = open_storage(st.url, create=True, heartbeat_interval=st.heartbeat_interval,
-                               grace_period=st.grace_period, stale_callback=StaleTrial(st.max_retry, tracker))
+                               grace_period=st.grace_period, stale_callback=stale)
+        stale.tracker = tracker = sweep_tracker(sweep, background=True)
         return cls(storage, tracker)
 
 
@@ -220,6 +223,7 @@ def worker_process(sweep: SweepConfig, where: placement.Placement, parent: str |
     # A process group of its own: a terminal's Ctrl-C reaches the parent only, which passes it on
     # once (a second SIGINT landing in the re-queue would leave the trial FAIL, not re-queued).
     os.setpgrp()
+    signals.exit_promptly()  # the parent waits for this process to exit before its summary
     signals.install()
     plain_warnings()
     placement.apply(where)

@@ -17,6 +17,7 @@ import optuna
 import sqlalchemy.exc as sa_exc
 
 from vitsweep.errors import one_line
+from vitsweep.paths import redact
 
 T = TypeVar("T")
 
@@ -65,7 +66,7 @@ def with_retries(fn: Callable[..., T], what: str) -> Callable[..., T]:
                 if attempt >= RETRY_ATTEMPTS or not is_transient(e):
                     raise
                 delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** attempt) * random.uniform(0.8, 1.2)
-                first = one_line(e, 160)
+                first = redact(one_line(e))[:160]  # the password masked before the cut: no piece of it left
                 print(f"warning: database unavailable during {what} ({first}); retry {attempt + 1}/"
                       f"{RETRY_ATTEMPTS} in {delay:.1f}s", flush=True)
                 time.sleep(delay)

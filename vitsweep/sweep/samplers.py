@@ -41,7 +41,7 @@ def _random(sweep: SweepConfig, seed: int | None) -> optuna.samplers.BaseSampler
 def _grid(sweep: SweepConfig, seed: int | None) -> optuna.samplers.BaseSampler:
     import optuna
 
-    from vitsweep.sweep.space import grid
+    from vitsweep.sweep.grid import grid
 
     return optuna.samplers.GridSampler(grid(sweep.space), seed=seed)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import typing
 from dataclasses import dataclass
@@ -84,6 +83,17 @@ def suggest(trial: Any, sweep: SweepConfig) -> Config:
     return config_for_params(sweep, chosen)
 
 
+def distribution_of(p: Param) -> Any:
+    """The Optuna distribution :func:`suggest` samples ``p`` from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if p.kind == "categorical":
+        return CategoricalDistribution(list(p.choices))
+    if p.kind == "int":
+        return IntDistribution(int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    return FloatDistribution(p.low, p.high, step=p.step, log=p.log)
+
+
 def config_for_params(sweep: SweepConfig, params: dict[str, Any]) -> Config:
     """The full trainer config a trial with these params ran (``train.test`` is off for trials).
 
@@ -122,20 +132,6 @@ def config_for_params(sweep: SweepConfig, params: dict[str, Any]) -> Config:
             current[i] = v
         plain[key] = current
     return sweep.base.replace(**plain)
-
-
-def grid(space: tuple[Param, ...]) -> dict[str, list[Any]]:
-    """The grid sampler's search space: every value of every param."""
-    out: dict[str, list[Any]] = {}
-    for p in space:
-        if p.kind == "categorical":
-            out[p.name] = list(p.choices)
-        elif p.kind == "int":
-            out[p.name] = list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
-        else:
-            n = int(math.floor((p.high - p.low) / p.step + 1e-9))
-            out[p.name] = [round(p.low + i * p.step, 12) for i in range(n + 1)]
-    return out
 
 
 def describe_params(params: dict[str, Any]) -> str:
@@ -190,15 +186,6 @@ def parse_space(raw: Any, errors: list[str]) -> tuple[Param, ...]:
             params.append(Param(name=str(name), path=str(path), kind=kind, **values))
             whens[str(name)] = spec.get("when")
     return _ordered(params, whens, errors)
-
-
-def check_grid(space: tuple[Param, ...], errors: list[str]) -> None:
-    """What the grid sampler cannot search."""
-    for p in space:
-        if p.kind == "float" and p.step is None:
-            errors.append(f"space.{brief(p.name, plain=True)}: the grid sampler needs a step (or choices) for floats")
-        if p.when:
-            errors.append(f"space.{brief(p.name, plain=True)}.when: the grid sampler does not support conditional params")
 
 
 def _path(spec: dict[str, Any], where: str, hints: dict[str, Any], paths: dict[str, str], name: Any,

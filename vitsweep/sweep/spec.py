@@ -34,9 +34,10 @@ from vitsweep.sweep.pruners import PRUNERS
 from vitsweep.sweep.samplers import SAMPLERS
 from vitsweep.train.config import Config, build_config, read_yaml
 from vitsweep.train.schedules import SCHEDULES
-from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR, check_url,
-                            storage_url, tracking_uri)
-from vitsweep.sweep.space import Param, check_grid, parse_space
+from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR,
+                            check_tracking_uri, check_url, storage_url, tracking_uri)
+from vitsweep.sweep.grid import check_grid
+from vitsweep.sweep.space import Param, parse_space
 
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
 
@@ -139,6 +140,7 @@ class SweepConfig:
             check_url(storage, "--storage")
             st = dataclasses.replace(st, url=storage)
         if tracking_uri is not None:
+            check_tracking_uri(tracking_uri, "--tracking-uri")
             tr = dataclasses.replace(tr, uri=tracking_uri)
         return dataclasses.replace(self, study=study, storage=st, tracking=tr)
 
@@ -178,12 +180,18 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
             storage_raw["url"] = storage_url()
         except ConfigError as e:  # a bad $VITSWEEP_STORAGE: listed with the file's problems
             errors.append(str(e))
-    tracking_raw.setdefault("uri", tracking_uri())
+    if "uri" not in tracking_raw:
+        try:
+            tracking_raw["uri"] = tracking_uri()
+        except ConfigError as e:  # a bad $MLFLOW_TRACKING_URI: listed with the file's problems
+            errors.append(str(e))
     storage = _section("storage", StorageSpec, storage_raw, errors)
     tracking = _section("tracking", TrackingSpec, tracking_raw, errors)
     trials = _section("trials", TrialsSpec, _mapping(raw, "trials", errors), errors)
 
     _check_sections(study, sampler, pruner, storage, errors)
+    if tracking is not None and "uri" in _mapping(raw, "tracking", []):
+        check_tracking_uri(tracking.uri, "tracking.uri", errors)
 
     base_cfg = _trainer_config(raw, source, base_dir, errors, overrides or {})
     space = parse_space(raw.get("space"), errors)

@@ -23,8 +23,8 @@ import sqlalchemy.exc as sa_exc
 from optuna.exceptions import ExperimentalWarning
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import (BUSY_TIMEOUT_S, is_grpc, is_postgres, missing_driver, prepare_sqlite, redact, sqlite_path,
-                            sqlite_tables, storage_url)
+from vitsweep.paths import (BUSY_TIMEOUT_S, check_reachable, is_database_server, is_grpc, is_postgres, missing_driver,
+                            prepare_sqlite, redact, sqlite_path, sqlite_tables, storage_url)
 from vitsweep.sweep.locks import store_lock
 from vitsweep.sweep.retry import POOL, RetryingRDBStorage, with_retries
 
@@ -126,8 +126,9 @@ def _make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
         from vitsweep.sweep.proxy_client import proxy_storage
 
         return proxy_storage(url, **kwargs)  # type: ignore[return-value]
-    if is_postgres(url):
+    if is_database_server(url):
         check_reachable(url)
+    if is_postgres(url):
         # Optuna creates its tables on first use: workers starting together on a new database would
         # race (CREATE TYPE ... duplicate key), so they take turns under an advisory lock.
         with store_lock(url, SCHEMA_LOCK) as lock, lock.holding():
@@ -146,23 +147,6 @@ def _make_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
                             lambda con, _record: con.execute("PRAGMA synchronous=NORMAL"))
     storage.engine.dispose()  # connections opened before the listener get it when reopened
     return storage
-
-
-def check_reachable(url: str, timeout_s: int = 5) -> None:
-    """One quick connection to a database server before anything else: a server that is down or a
-    wrong host/password is exit 2 in seconds (not a minute of retries, then a traceback). Retries
-    are for a server that goes away during a sweep."""
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
-                                      connect_args={"connect_timeout": timeout_s})
-    try:
-        with engine.connect():
-            pass
-    except sa_exc.DBAPIError as e:
-        detail = " ".join(str(e.orig).split())[:300]
-        raise VitsweepError(f"cannot connect to the database {redact(url)}: {redact(detail)}; start the server, or "
-                            f"check the host, port, database name and password in the URL") from None
-    finally:
-        engine.dispose()
 
 
 def create_or_load_study(name: str, storage: optuna.storages.BaseStorage, direction: str) -> optuna.Study:

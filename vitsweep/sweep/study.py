@@ -4,7 +4,8 @@ run, however many workers start together).
 ``record_sweep(study, sweep)`` stores the whole sweep (``SweepConfig.to_dict()``, the URLs without
 their passwords): what is stored is what ``sweep_of`` parses back, so promotion and the report see
 the sweep's own experiment, pruner and trainer config. A study whose trials ran with another
-trainer config or space is refused.
+trainer config or space is refused (trials that failed before their first epoch ran nothing: they
+do not count).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from vitsweep.errors import VitsweepError
 from vitsweep.inputs import stored_json
 from vitsweep.paths import redact
 from vitsweep.sweep.locks import budget_lock
-from vitsweep.sweep.space import config_for_params
+from vitsweep.sweep.space import config_for_params, distribution_of
 from vitsweep.sweep.spec import SweepConfig, build_sweep
 from vitsweep.sweep.storage import create_or_load_study, experimental_ok
 from vitsweep.tracking.runs import Tracker
@@ -35,7 +36,17 @@ def record_sweep(study: optuna.Study, sweep: SweepConfig) -> None:
     if previous is None:
         study.set_user_attr(SWEEP_ATTR, stored)
     elif {k: previous.get(k) for k in ("trainer", "space")} != {k: stored[k] for k in ("trainer", "space")}:
-        if not study.get_trials(deepcopy=False):  # nothing ran with the old one (e.g. fixed after an error)
+        trials = study.get_trials(deepcopy=False)
+        if not any(_trained(t) for t in trials):
+            # nothing was measured with the old one (no trial, or only trials that failed before
+            # their first epoch, e.g. on a data error): the file fixed after the error takes over,
+            # unless Optuna cannot sample a param of its space in this study any more
+            clash = _clash(trials, sweep)
+            if clash:
+                raise VitsweepError(
+                    f"study {sweep.study.name!r} in {redact(sweep.storage.url)}: its trials failed before their first "
+                    f"epoch, so it could take the changed sweep file, but {clash}, and Optuna cannot change that "
+                    f"within a study; set a new study.name (or give the param a new name)")
             study.set_user_attr(SWEEP_ATTR, stored)
             return
         raise VitsweepError(
@@ -43,6 +54,28 @@ def record_sweep(study: optuna.Study, sweep: SweepConfig) -> None:
             f"search space, so its trials could not be compared; set a new study.name to start a new study")
     elif previous != stored:  # same trials, other settings (n_trials, tracking, ...): the latest run's
         study.set_user_attr(SWEEP_ATTR, stored)
+
+
+def _clash(trials: list[optuna.trial.FrozenTrial], sweep: SweepConfig) -> str | None:
+    """What the earlier trials sampled that the new space samples incompatibly (other choices of a
+    categorical param, another kind of param), in words; None when Optuna takes the new space."""
+    new = {p.name: distribution_of(p) for p in sweep.space}
+    for t in trials:
+        for name, old in t.distributions.items():
+            if name not in new:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new[name])
+            except ValueError:
+                was = (f"choices {list(old.choices)}" if isinstance(old, optuna.distributions.CategoricalDistribution)
+                       else type(old).__name__)
+                return f"trial {t.number} sampled param {name!r} from {was}, which the new space changes"
+    return None
+
+
+def _trained(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial measured something (or may still): anything but a failure before its first epoch."""
+    return t.state != optuna.trial.TrialState.FAIL or bool(t.intermediate_values) or t.value is not None
 
 
 def stored_sweep(sweep: SweepConfig) -> dict[str, Any]:

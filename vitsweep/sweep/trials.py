@@ -1,13 +1,17 @@
 """A study's trials as people read them (like Optuna's ``study/_dataframe.py``): a line per
-finished trial, the trials table (``vitsweep trials``), counts by state and the budget count."""
+finished trial, the trials table (``vitsweep trials``), counts by state and the budget count.
+
+``vitsweep trials`` and ``vitsweep studies`` are read-only commands a user runs often: they import
+neither torch nor MLflow, nor pandas (``trials_table``, the DataFrame the report uses, imports it
+when called), and print their tables with :func:`text_table`."""
 
 from __future__ import annotations
 
+import csv as csv_module
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import optuna
-import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from vitsweep.errors import VitsweepError
@@ -16,6 +20,10 @@ from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import load_study
 from vitsweep.tracking.tags import REASON_ATTR, RETRY_HISTORY_SYSATTR, RUN_ATTR, SWEEP_ATTR
 from vitsweep.units import fmt_metric
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -81,8 +89,8 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
 
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, epochs, duration_s, params..., reason, mlflow_run_id."""
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One dict per trial: number, state, value, epochs, duration_s, params..., reason, mlflow_run_id."""
     trials = study.get_trials(deepcopy=False)
     retried_as = {}
     for t in trials:
@@ -104,10 +112,36 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         row["reason"] = reason
         row["mlflow_run_id"] = t.user_attrs.get(RUN_ATTR, "")
         rows.append(row)
-    df = pd.DataFrame(rows)
+    return rows
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """:func:`trial_rows` as a DataFrame indexed by trial number (the report's table)."""
+    import pandas as pd
+
+    df = pd.DataFrame(trial_rows(study))
     if not df.empty:
         df = df.set_index("number")
     return df
+
+
+def text_table(rows: list[dict[str, Any]], columns: list[str], align_left: Iterable[str] = ()) -> str:
+    """``rows`` as a plain text table: a header line, then a line per row; numbers right-aligned,
+    the ``align_left`` columns left-aligned, None blank, floats with 4 significant digits."""
+    left = set(align_left)
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = []
+    for row in [list(columns), *cells]:
+        lines.append("  ".join(v.ljust(w) if c in left else v.rjust(w)
+                               for c, v, w in zip(columns, row, widths)).rstrip())
+    return "\n".join(lines)
 
 
 def show_trials(study_name: str | None, storage: str, csv: Path | None, sort: str = "number",
@@ -122,31 +156,37 @@ def show_trials(study_name: str | None, storage: str, csv: Path | None, sort: st
     if csv is not None and csv.is_dir():
         raise VitsweepError(f"--csv {csv}: is a folder; give a file name (e.g. {csv / 'trials.csv'})")
     study = load_study(study_name, storage)
-    df = trials_table(study)
-    n = len(df)
-    if sort == "value" and n:
-        df = df.sort_values("value", ascending=study.direction == optuna.study.StudyDirection.MINIMIZE,
-                            na_position="last", kind="stable")
-    shown = df.head(top) if top is not None else df
+    rows = trial_rows(study)
+    n = len(rows)
+    if sort == "value":  # best first, trials without a value last, ties in trial order
+        sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
+        rows = sorted(rows, key=lambda r: (r["value"] is None, sign * (r["value"] or 0.0), r["number"]))
+    shown = rows[:top] if top is not None else rows
     metric = metric_of(study)
     print(f"study {study.study_name} ({redact(storage)}): {n} trial(s)"
           + (f", the {len(shown)} {'best' if sort == 'value' else 'first'} shown" if len(shown) < n else ""))
-    if df.empty:
+    if not rows:
         return study.study_name
-    view = shown.drop(columns=["mlflow_run_id"]).rename(columns={"value": metric})
-    view[metric] = [fmt_metric(v, metric) for v in shown["value"]]
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
-                           "display.max_colwidth", None,  # the whole reason (why it was pruned or failed)
-                           "display.float_format", "{:.4g}".format):
-        print(view.to_string(na_rep=""))
+    # the value column is named after the metric; the run id is left to the CSV; the whole reason
+    # (why it was pruned or failed) is shown
+    columns = [metric if c == "value" else c for c in rows[0] if c != "mlflow_run_id"]
+    view = [{(metric if k == "value" else k): (fmt_metric(v, metric) if k == "value" else v) for k, v in r.items()}
+            for r in shown]
+    print(text_table(view, columns, align_left=("reason",)))
     if csv is not None:
         csv.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(csv)
+        with open(csv, "w", newline="") as f:
+            w = csv_module.writer(f)
+            w.writerow(list(rows[0]))
+            w.writerows([["" if v is None else v for v in r.values()] for r in rows])
         print(f"wrote {csv}")
     return study.study_name
 
 
-def studies_table(storage: str) -> pd.DataFrame:
+STUDY_COLUMNS = ["study", "trials", "states", "metric", "best", "last_activity"]
+
+
+def studies_table(storage: str) -> list[dict[str, Any]]:
     """``vitsweep studies``: every study in the storage, with its trials by state, best value (as
     vitsweep shows it) and last activity, the most recent first."""
     from vitsweep.sweep.storage import open_storage
@@ -165,15 +205,14 @@ def studies_table(storage: str) -> pd.DataFrame:
         rows.append({"study": s.study_name, "trials": len(trials), "states": describe_counts(state_counts(trials)),
                      "metric": metric, "best": best,
                      "last_activity": max(times).strftime("%Y-%m-%d %H:%M") if times else "-"})
-    df = pd.DataFrame(rows, columns=["study", "trials", "states", "metric", "best", "last_activity"])
-    return df.sort_values("last_activity", ascending=False, kind="stable").reset_index(drop=True)
+    return sorted(rows, key=lambda r: r["last_activity"], reverse=True)  # stable: ties keep creation order
 
 
 def show_studies(storage: str) -> str | None:
     """``vitsweep studies``: print the table; returns the most recent study's name (None: no study)."""
-    df = studies_table(storage)
-    print(f"{redact(storage)}: {len(df)} stud{'y' if len(df) == 1 else 'ies'}")
-    if len(df):
-        print(df.to_string(index=False))
-        return str(df.iloc[0]["study"])
-    return None
+    rows = studies_table(storage)
+    print(f"{redact(storage)}: {len(rows)} stud{'y' if len(rows) == 1 else 'ies'}")
+    if not rows:
+        return None
+    print(text_table(rows, STUDY_COLUMNS, align_left=("study", "states", "metric")))
+    return str(rows[0]["study"])

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from vitsweep.errors import VitsweepError, first_line, one_line
 from vitsweep.paths import MLFLOW_CACHE_DIR, redact, sqlite_path, tracking_off
-from vitsweep.tracking.client import quiet
+from vitsweep.tracking.client import probe_store, quiet
 from vitsweep.tracking.tags import CHAMPION, CHECKPOINT_ARTIFACT, MODEL_PREFIX, MODELS_SCHEME, PARENT_ATTR, REPORT_ARTIFACT_DIR
 
 
@@ -40,6 +40,7 @@ def download_checkpoint(run_id: str, uri: str, dst: str | Path | None) -> Path:
     if db is not None and not db.is_file():  # do not let MLflow create an empty store as a side effect
         raise VitsweepError(f"{run_id!r} is not a checkpoint file, and there is no MLflow store at {redact(uri)} "
                             f"to look it up as a run id; {hint}")
+    probe_store(uri)
     with quiet():
         client = MlflowClient(tracking_uri=uri)
         try:
@@ -104,6 +105,7 @@ def _store_exists(uri: str, what: str) -> None:
     if db is not None and not db.is_file():  # do not let MLflow create an empty store as a side effect
         raise VitsweepError(f"{what}: there is no MLflow store at {redact(uri)} to look it up in; pass --tracking-uri "
                             f"(or set MLFLOW_TRACKING_URI) to the store vitsweep promote logged to")
+    probe_store(uri)  # a database server that is down: exit 2 in seconds, not minutes of MLflow's retries
 
 
 def model_run(ref: str, uri: str) -> str:
@@ -159,6 +161,7 @@ def log_report(path: Path, study_name: str, study_attrs: dict[str, Any], uri: st
     if db is not None and not db.is_file():
         return None, f"no MLflow store at {redact(uri)} ({db} does not exist); report not logged to MLflow"
     try:
+        probe_store(uri)
         with quiet(fail_fast=True):
             client = MlflowClient(tracking_uri=uri)
             client.get_run(parent)

@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import FileLock, is_http, missing_driver, prepare_sqlite, redact, sqlite_path
+from vitsweep.paths import (FileLock, check_reachable, is_database_server, is_http, missing_driver, prepare_sqlite,
+                            redact, sqlite_path, tracking_off)
 from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, EPOCHS_METRIC, KIND_RUN, KIND_TRIAL, PERCENT_SUFFIX,
                                     TAG_KIND, TAG_REASON, TAG_SEED, TAG_STATE, TAG_STOP, TAG_TRIAL)
 
@@ -124,8 +125,17 @@ def _schema_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def probe_store(uri: str) -> None:
+    """A database server behind ``uri`` (PostgreSQL, MySQL) answers within seconds, or a
+    VitsweepError (exit 2): MLflow itself retries a connection for minutes, then raises a traceback."""
+    if is_database_server(uri):
+        check_reachable(uri)
+
+
 def open_client(uri: str) -> MlflowClient:
-    """A client on the store at ``uri`` (a SQLite file gets WAL first), its tables ready."""
+    """A client on the store at ``uri`` (a SQLite file gets WAL first; a database server must answer
+    at once), its tables ready."""
+    probe_store(uri)
     prepare_sqlite(uri)
     with quiet(), _schema_lock(uri):
         try:
@@ -136,7 +146,7 @@ def open_client(uri: str) -> MlflowClient:
         except MlflowException as e:
             if "tracking store" not in str(e) and "scheme" not in str(e):
                 raise
-            raise VitsweepError(f"tracking URI {redact(uri)!r}: MLflow cannot use it ({e.message.strip()}); use "
+            raise VitsweepError(f"tracking URI {redact(uri)!r}: MLflow cannot use it ({redact(e.message.strip(), uri)}); use "
                                 f"sqlite:///storage/mlflow.db, http://HOST:5000, postgresql://USER@HOST/DB, "
                                 f"or none to turn tracking off") from None
     return client
@@ -168,8 +178,10 @@ def experiment_id(client: MlflowClient, uri: str, name: str, artifacts: str) -> 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """Raise a :class:`VitsweepError` (exit 2) when an ``http(s)://`` tracking server does not
-    answer ``GET <uri>/health``; other URIs (sqlite, file, none) need no server."""
+    answer ``GET <uri>/health``, or a database server behind the store does not answer a
+    connection within seconds; other URIs (sqlite, file, none) need no server."""
     if not is_http(uri):
+        probe_store(uri)
         return
     url = uri.rstrip("/") + "/health"
     try:
@@ -189,10 +201,21 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         f"or none to turn tracking off)")
 
 
+def check_tracking_store(uri: str) -> None:
+    """``vitsweep run``'s check of its MLflow store, before anything is created: the server or
+    database behind it answers (:func:`check_tracking_server`) and MLflow can use the URI
+    (:func:`open_client`; a new SQLite store gets its tables, nothing more: no experiment, no run)."""
+    if tracking_off(uri):
+        return
+    check_tracking_server(uri)
+    open_client(uri)
+
+
 def experiment_runs_urls(uri: str, server: str) -> list[str]:
     """For ``vitsweep ui``: each experiment in the store at ``uri`` and the page of its runs on
     ``server`` (an empty list when the store cannot be read)."""
     try:
+        probe_store(uri)
         with quiet():
             exps = MlflowClient(tracking_uri=uri).search_experiments()
     except Exception:  # noqa: BLE001 - a bonus line; the server says what is wrong

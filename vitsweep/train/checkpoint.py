@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from vitsweep.train.model import ViT
 
 LAST, BEST = "last.pt", "best.pt"
+RUN_FILES = (LAST, BEST, "config.yaml")  # what a run writes into its folder (``train(run_dir=...)``)
 
 # Keys that may change between a killed run and its resume without changing what it computes.
 RESUMABLE_CHANGES = frozenset({"train.device", "train.compile", "train.test", "train.patience", "train.min_delta",
@@ -33,6 +34,42 @@ RESUMABLE_CHANGES = frozenset({"train.device", "train.compile", "train.test", "t
 # lr following the new horizon from there.
 CONTINUE_CHANGES = RESUMABLE_CHANGES | {"train.epochs", "train.time_limit", "train.checkpoint", "schedule.branches",
                                         "schedule.horizon", "schedule.by_time"}
+
+
+def run_files(run_dir: str | Path) -> list[str]:
+    """The files of a run that ``run_dir`` already holds: a new run there would overwrite them."""
+    return [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+
+
+def new_run_dir(parent: Path, name: str, stamp: str) -> Path:
+    """``parent/name-stamp``, or ``...-2``, ``-3``... when that folder holds a run already (two runs
+    of one config started in the same second must not share a folder)."""
+    run_dir, n = parent / f"{name}-{stamp}", 1
+    while run_files(run_dir):
+        n += 1
+        run_dir = parent / f"{name}-{stamp}-{n}"
+    return run_dir
+
+
+def choose_run_dir(run_dir: Path | None, resume: Path | None, checkpoint: bool, name: str, stamp: str) -> Path:
+    """``vitsweep train``'s run folder: ``--resume``'s; ``--run-dir``, unless it holds a run already (a
+    new run there would overwrite its checkpoints and config); else a new ``storage/runs/NAME-STAMP``.
+    A folder that cannot be written (when the run writes checkpoints) is a ConfigError naming it."""
+    from vitsweep.paths import RUNS_DIR, writable_folder
+
+    if resume is not None:
+        run_dir = resume
+    elif run_dir is None:
+        run_dir = new_run_dir(RUNS_DIR, name, stamp)
+    elif checkpoint and run_files(run_dir):
+        raise VitsweepError(f"--run-dir {run_dir}: already holds a run ({', '.join(run_files(run_dir))}); continue it "
+                            f"with  vitsweep train --resume {run_dir}, or give a new --run-dir (or none: "
+                            f"{RUNS_DIR}/NAME-TIME)")
+    if checkpoint and resume is None:
+        writable_folder(run_dir, f"run dir {run_dir}", "make it writable, or give another --run-dir")
+    elif checkpoint:
+        writable_folder(run_dir, f"--resume {run_dir}", "make it writable (the run writes its checkpoints there)")
+    return run_dir
 
 
 def save_atomic(obj: Any, path: Path) -> None:

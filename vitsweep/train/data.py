@@ -246,7 +246,12 @@ def _decode_cached(paths: list[str], root: Path, cfg: DataConfig) -> torch.Tenso
         except Exception:
             cache.unlink(missing_ok=True)  # corrupt or truncated: decode again
     images = _decode(paths, cfg.image_size)
-    atomic_write(cache, lambda tmp: torch.save(images, tmp))
+    try:
+        atomic_write(cache, lambda tmp: torch.save(images, tmp))
+    except OSError as e:  # a read-only storage/, a full disk: say which setting, before anything else is made
+        raise DataError(f"data.cache_dir = {cfg.cache_dir}: cannot write the decoded images there ({e.strerror}); "
+                        f"make it writable, or point data.cache_dir at a writable folder "
+                        f"(--set data.cache_dir=PATH)") from None
     return images
 
 
