@@ -111,3 +111,54 @@ def test_stop_sets_the_flag_every_worker_obeys(tmp_path, capsys):
     assert code == 0 and "already stopped" in out
     code, _, err = cli("stop", "nope", "--storage", url, capsys=capsys)
     assert code == 2 and "no study named 'nope'" in err
+
+
+def test_a_finished_study_says_so_and_more_runs_exactly_n_more(tmp_path, capsys):
+    from tests.helpers import PacedTrain, sweep_dict
+    from vitsweep.sweep.runner import run_sweep
+    from vitsweep.sweep.spec import build_sweep
+    from vitsweep.sweep.storage import load_study
+
+    raw = sweep_dict(tmp_path, name="fin", n_trials=2, pruner={"name": "none"}, tracking={"uri": "none"})
+    run_sweep(build_sweep(raw), out=lambda _: None, train_fn=PacedTrain(0.0))
+    Path("fin.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = cli("run", "fin.yaml", capsys=capsys)
+    assert code == 0, err
+    assert "study fin is finished: 2/2 trials done, none to run. For more: vitsweep run fin.yaml --more N" in out
+    assert "worker 0" not in out and len(load_study("fin", raw["storage"]["url"]).trials) == 2  # nothing started
+    lines: list[str] = []
+    run_sweep(build_sweep(raw), out=lines.append, train_fn=PacedTrain(0.0), more=3)
+    assert len(load_study("fin", raw["storage"]["url"]).trials) == 5
+    assert any("2/5 trials done" in line for line in lines), lines
+    for args, message in [(("--more", "0"), "--more 0: must be >= 1"),
+                          (("--more", "2", "--n-trials", "9"), "--more and --n-trials: give one")]:
+        code, _, err = cli("run", "fin.yaml", *args, capsys=capsys)
+        assert code == 2 and message in err, err
+
+
+def test_studies_delete_shows_what_goes_asks_then_removes_it_all(promoted, capsys):
+    from mlflow import MlflowClient
+
+    from vitsweep.errors import VitsweepError
+    from vitsweep.sweep.storage import load_study
+
+    assert Path("storage/promote/champ").is_dir()
+    code, _, err = cli("studies", "delete", "champ", "--storage", STORAGE, "--mlflow", "--tracking-uri", TRACKING,
+                       capsys=capsys)  # not on a terminal, no --yes: nothing deleted
+    assert code == 2 and "nothing was deleted; add --yes" in err, err
+    assert "study champ in sqlite:///storage/optuna.db: 3 trial(s)" in err and "storage/promote/champ" in err
+    assert load_study("champ", STORAGE) and Path("storage/promote/champ").is_dir()
+    client = MlflowClient(TRACKING)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(ids, "tags.`optuna.study_name` = 'champ'")
+
+    code, _, err = cli("studies", "delete", "champ", "--storage", STORAGE, "--mlflow", "--tracking-uri", TRACKING,
+                       "--yes", capsys=capsys)
+    assert code == 0 and "deleted study champ" in err, err
+    with pytest.raises(VitsweepError, match="no study named 'champ'"):
+        load_study("champ", STORAGE)
+    assert not Path("storage/promote/champ").exists()
+    assert not client.search_runs(ids, "tags.`optuna.study_name` = 'champ'")  # in MLflow's trash
+    assert not client.search_registered_models("name = 'vitsweep-champ'")
+    code, _, err = cli("studies", "delete", "champ", "--storage", STORAGE, "--yes", capsys=capsys)
+    assert code == 2 and "no study named 'champ'" in err

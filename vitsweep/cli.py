@@ -14,7 +14,7 @@ import typer
 
 from vitsweep import signals
 from vitsweep.cluster.commands import storage_proxy, submit_app
-from vitsweep.sweep.commands import best, next_step, stop
+from vitsweep.sweep.commands import best, next_step, stop, studies_app
 from vitsweep.errors import VitsweepError, plain_warnings
 from vitsweep.options import (CommandGroup, ChampionOption, ChampionStudyOption, DeviceOption, ReadStorageOption, RefArgument,
                               SetOption, StorageOption, SweepTrackingUriOption, ThreadsOption, TrackingUriOption)
@@ -209,6 +209,7 @@ def export(
 def run(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML, e.g. sweeps/smoke.yaml.")],
     n_trials: Annotated[Optional[int], typer.Option("--n-trials", help="The study's total trials (all workers).")] = None,
+    more: Annotated[Optional[int], typer.Option("--more", help="Run N trials more than the study holds.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes sharing the study.")] = 1,
     storage: StorageOption = None,
     tracking_uri: SweepTrackingUriOption = None,
@@ -221,12 +222,15 @@ def run(
     from vitsweep.sweep.spec import load_sweep
     from vitsweep.train.config import parse_overrides
 
+    if more is not None and (more < 1 or n_trials is not None):
+        raise VitsweepError(f"--more {more}: must be >= 1" if more < 1 else
+                            "--more and --n-trials: give one (--n-trials is the study's total, --more adds to it)")
     # The sweep file first: a bad one is answered before torch, Optuna and MLflow are imported.
     cfg = load_sweep(sweep, parse_overrides(set_ or [])).with_overrides(n_trials=n_trials, timeout=timeout, storage=storage,
                                            tracking_uri=tracking_uri)
     from vitsweep.sweep.runner import run_sweep
 
-    summary = run_sweep(cfg, workers=workers)
+    summary = run_sweep(cfg, workers=workers, more=more)
     next_step(f"vitsweep trials --study {summary.study_name} --sort value", f"vitsweep report --study {summary.study_name}")
 
 
@@ -246,21 +250,6 @@ def trials(
 
     name = show_trials(study, storage_url(storage), csv, sort, top)
     next_step(f"vitsweep report --study {name}", f"vitsweep best --study {name} -o best.yaml")
-
-
-@app.command()
-def studies(storage: ReadStorageOption = None) -> None:
-    """Every study in the storage: trials by state, best value, last activity.
-
-    Example: vitsweep studies --storage sqlite:///storage/optuna.db"""
-    from vitsweep.paths import storage_url
-    from vitsweep.sweep.trials import show_studies
-
-    latest = show_studies(storage_url(storage))
-    if latest:
-        next_step(f"vitsweep trials --study {latest} --sort value")
-    else:
-        next_step("vitsweep run sweeps/smoke.yaml")
 
 
 @app.command()
@@ -359,6 +348,7 @@ def ui(
 
 
 app.add_typer(submit_app, name="submit")
+app.add_typer(studies_app, name="studies")
 app.command("storage-proxy")(storage_proxy)
 app.command()(best)
 app.command()(stop)

@@ -50,10 +50,13 @@ class SweepSummary:
 
 
 def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] = console.say,
-              train_fn: TrainFn = train) -> SweepSummary:
-    """``vitsweep run``: create or continue the study, then run trials in ``workers`` processes."""
+              train_fn: TrainFn = train, more: int | None = None) -> SweepSummary:
+    """``vitsweep run``: create or continue the study, then run trials in ``workers`` processes
+    (``more``: that many trials beyond those the study holds, instead of ``study.n_trials``)."""
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
+    if more is not None and more < 1:
+        raise ConfigError(f"--more {more}: must be >= 1 (the trials to add to the study)")
     t0 = time.perf_counter()
     check_before_anything(sweep)
     stores = Stores.open(sweep)  # the one in-process worker uses these too
@@ -64,11 +67,12 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
     failure: BaseException | None = None
     summary: SweepSummary | None = None
     try:
+        sweep = _with_more(sweep, study, more)
         placements = _plan(sweep, study, workers, tracker, out)
         if len(placements) == 1:
             worker(sweep, 0, parent, out, device=device_override(placements[0], sweep), train_fn=train_fn,
                    stores=stores)
-        else:
+        elif placements:  # none: the study is finished, and the summary says what it holds
             _fan_out(sweep, placements, parent, out, train_fn)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the trials are re-queued; end the parent run
         stop = e
@@ -96,9 +100,13 @@ def run_sweep(sweep: SweepConfig, workers: int = 1, out: Callable[[str], None] =
 def _plan(sweep: SweepConfig, study: optuna.Study, workers: int, tracker: Tracker,
           out: Callable[[str], None]) -> list[placement.Placement]:
     """Where the workers run (a worker per trial left at most: more would only start and stop),
-    said in the sweep's first lines."""
+    said in the sweep's first lines; none when the study is finished (said plainly)."""
     finished, running, waiting = budget(study)
     left = max(waiting, sweep.study.n_trials - finished - running)
+    if left == 0 and running == 0:
+        out(f"study {sweep.study.name} is finished: {finished}/{sweep.study.n_trials} trials done, none to run. "
+            f"For more: vitsweep run {sweep.source} --more N")
+        return []
     if workers > max(1, left):
         out(f"--workers {workers}: {left} trial(s) left to run, so {max(1, left)} worker(s)")
         workers = max(1, left)
@@ -112,6 +120,13 @@ def _plan(sweep: SweepConfig, study: optuna.Study, workers: int, tracker: Tracke
     for warning in placement.warnings_for(placements, sweep.base.train.device):
         out(f"warning: {warning}")
     return placements
+
+
+def _with_more(sweep: SweepConfig, study: optuna.Study, more: int | None) -> SweepConfig:
+    """The sweep with ``more`` trials beyond those the study holds (finished, running, waiting)."""
+    if more is None:
+        return sweep
+    return sweep.with_overrides(n_trials=sum(budget(study)) + more)
 
 
 def _runs_page(sweep: SweepConfig, tracker: Tracker) -> str | None:

@@ -1,0 +1,106 @@
+"""``vitsweep studies delete NAME``: a study and what it left behind, after the user saw the list.
+
+What goes: the study's trials in the Optuna storage; the trials' checkpoint folders (each trial
+records its own, ``run_dir``) and the study's promotion folder (``storage/promote/NAME``); with
+``--mlflow``, every MLflow run tagged with the study (the sweep's parent, its trials, promotions
+and promoted runs) and the registered model ``vitsweep-NAME``. Nothing is deleted before the user
+confirmed (or gave ``--yes``); a run that is still training is refused."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vitsweep.errors import VitsweepError
+from vitsweep.paths import PROMOTE_DIR, redact, storage_url, tracking_uri as resolve_tracking
+from vitsweep.tracking.tags import RUN_DIR_ATTR, TAG_STUDY
+
+
+@dataclass
+class Doomed:
+    """Everything ``delete`` would remove, to show before asking."""
+
+    study: str
+    storage: str
+    trials: int
+    folders: list[Path] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)  # MLflow run ids
+    model: str | None = None  # registered model name
+
+    def describe(self) -> str:
+        lines = [f"study {self.study} in {redact(self.storage)}: {self.trials} trial(s)"]
+        lines += [f"folder {p} ({_size(p)})" for p in self.folders]
+        if self.runs:
+            lines.append(f"{len(self.runs)} MLflow run(s) tagged {TAG_STUDY}={self.study} (to MLflow's trash: "
+                         f"`mlflow gc` removes them for good)")
+        if self.model:
+            lines.append(f"registered model {self.model}")
+        return "\n".join("  " + line for line in lines)
+
+
+def delete_study(name: str, storage: str | None, tracking_uri: str | None, with_mlflow: bool,
+                 confirm: Callable[[str], bool]) -> Doomed | None:
+    """Delete study ``name`` once ``confirm(what)`` says yes: what was deleted (None: not confirmed)."""
+    import optuna
+
+    from vitsweep.sweep.storage import load_study, open_storage
+
+    url = storage_url(storage)
+    study = load_study(name, url)
+    trials = study.get_trials(deepcopy=False)
+    running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    if running:
+        raise VitsweepError(f"study {name}: trial(s) {', '.join(map(str, running[:10]))} still running; stop the "
+                            f"sweep first (vitsweep stop {name}, or Ctrl-C its workers), then delete it")
+    folders = {Path(t.user_attrs[RUN_DIR_ATTR]) for t in trials if RUN_DIR_ATTR in t.user_attrs}
+    folders |= {_trials_folder(study), PROMOTE_DIR / name}
+    doomed = Doomed(name, url, len(trials), sorted(p for p in folders if p is not None and p.is_dir()))
+    client = _mlflow_findings(doomed, resolve_tracking(tracking_uri)) if with_mlflow else None
+    if not confirm(doomed.describe()):
+        return None
+    optuna.delete_study(study_name=name, storage=open_storage(url))
+    for p in doomed.folders:
+        shutil.rmtree(p, ignore_errors=True)
+    if client is not None:
+        for run_id in doomed.runs:
+            client.delete_run(run_id)
+        if doomed.model:
+            client.delete_registered_model(doomed.model)
+    return doomed
+
+
+def _trials_folder(study) -> Path | None:  # noqa: ANN001 - an optuna.Study
+    """The folder the study's trials kept their checkpoints under (the sweep's trials.dir/NAME)."""
+    from vitsweep.sweep.study import sweep_of
+
+    try:
+        return Path(sweep_of(study).trials.dir) / study.study_name
+    except VitsweepError:  # a stored sweep this version cannot read: the trials' own run_dir still count
+        return None
+
+
+def _mlflow_findings(doomed: Doomed, uri: str):  # noqa: ANN202 - an MlflowClient
+    """Fill in the study's MLflow runs and registered model; the client that can delete them."""
+    from mlflow.exceptions import MlflowException
+
+    from vitsweep.tracking.client import open_client
+
+    if uri == "none":
+        raise VitsweepError("--mlflow with --tracking-uri none: give the MLflow store the study's runs are in")
+    client = open_client(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if ids:
+        runs = client.search_runs(ids, filter_string=f"tags.`{TAG_STUDY}` = '{doomed.study}'", max_results=50000)
+        doomed.runs = [r.info.run_id for r in runs]
+    try:
+        doomed.model = client.get_registered_model(f"vitsweep-{doomed.study}").name
+    except MlflowException:
+        doomed.model = None
+    return client
+
+
+def _size(path: Path) -> str:
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return f"{total / 2**20:.1f} MiB"
