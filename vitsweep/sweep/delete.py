@@ -83,21 +83,11 @@ def _trials_folder(study) -> Path | None:  # noqa: ANN001 - an optuna.Study
 
 def _mlflow_findings(doomed: Doomed, uri: str):  # noqa: ANN202 - an MlflowClient
     """Fill in the study's MLflow runs and registered model; the client that can delete them."""
-    from mlflow.exceptions import MlflowException
-
-    from vitsweep.tracking.client import open_client
+    from vitsweep.tracking.client import study_footprint
 
     if uri == "none":
         raise VitsweepError("--mlflow with --tracking-uri none: give the MLflow store the study's runs are in")
-    client = open_client(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    if ids:
-        runs = client.search_runs(ids, filter_string=f"tags.`{TAG_STUDY}` = '{doomed.study}'", max_results=50000)
-        doomed.runs = [r.info.run_id for r in runs]
-    try:
-        doomed.model = client.get_registered_model(f"vitsweep-{doomed.study}").name
-    except MlflowException:
-        doomed.model = None
+    client, doomed.runs, doomed.model = study_footprint(uri, doomed.study)
     return client
 
 

@@ -25,7 +25,7 @@ from vitsweep.errors import VitsweepError
 from vitsweep.paths import (FileLock, check_reachable, is_database_server, is_http, missing_driver, prepare_sqlite,
                             redact, sqlite_path, tracking_off)
 from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, EPOCHS_METRIC, KIND_RUN, KIND_TRIAL, PERCENT_SUFFIX,
-                                    TAG_KIND, TAG_REASON, TAG_SEED, TAG_STATE, TAG_STOP, TAG_TRIAL)
+                                    TAG_KIND, TAG_REASON, TAG_SEED, TAG_STATE, TAG_STOP, TAG_STUDY, TAG_TRIAL)
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
 EXPERIMENT_KIND, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
@@ -222,3 +222,16 @@ def experiment_runs_urls(uri: str, server: str) -> list[str]:
         return []
     return [f"{e.name}: {runs_url(server, e.experiment_id, VIEW_TAG in e.tags)}"
             for e in exps if e.name != "Default"]
+
+
+def study_footprint(uri: str, study: str) -> tuple[MlflowClient, list[str], str | None]:
+    """(a client, the ids of every run tagged with ``study`` in any experiment, its registered
+    champion model's name or None): what ``vitsweep studies delete --mlflow`` removes."""
+    client = open_client(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=f"tags.`{TAG_STUDY}` = '{study}'", max_results=50000) if ids else []
+    try:
+        model: str | None = client.get_registered_model(f"vitsweep-{study}").name
+    except MlflowException:
+        model = None
+    return client, [r.info.run_id for r in runs], model
