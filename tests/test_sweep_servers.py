@@ -105,3 +105,22 @@ def test_ui_under_sigterm_stops_the_mlflow_server_and_its_workers(stores, port, 
     assert proc.returncode == 143 and "terminated (SIGTERM)" in out and "Traceback" not in out, out
     wait_until(lambda: _nothing_listens(port), f"something still listens on {port} after SIGTERM", timeout=10,
                every=0.2)
+
+
+def test_run_prints_the_runs_page_of_the_ui_that_is_up(tmp_path, port, spawn):
+    from tests.helpers import PacedTrain
+
+    raw = sweep_dict(tmp_path, name="addr", n_trials=1, pruner={"name": "none"})
+    lines: list[str] = []
+    run_sweep(build_sweep(raw), out=lines.append, train_fn=PacedTrain(0.0))
+    assert any(line.startswith("MLflow runs: vitsweep ui, then http://127.0.0.1:5000/#/experiments/") for line in lines)
+    proc = spawn.cli("ui", "--tracking-uri", raw["tracking"]["uri"], "--port", str(port))
+    wait_for_health(port, proc)
+    raw["study"]["n_trials"] = 2
+    lines.clear()
+    run_sweep(build_sweep(raw), out=lines.append, train_fn=PacedTrain(0.0))
+    page = next(line for line in lines if line.startswith("MLflow runs: "))  # at the start, before any trial
+    assert page.startswith(f"MLflow runs: http://127.0.0.1:{port}/#/experiments/"), lines
+    assert lines.index(page) < next(i for i, line in enumerate(lines) if line.startswith("trial "))
+    stop_group(proc, signal.SIGINT, 20)
+    assert not list(Path("storage/ui").glob("*.json"))  # a stopped ui is forgotten

@@ -38,6 +38,7 @@ PROMOTE_DIR = STORAGE / "promote"
 REPORTS_DIR = STORAGE / "reports"
 EVAL_DIR = STORAGE / "eval"
 BENCH_DIR = STORAGE / "bench"
+UI_DIR = STORAGE / "ui"  # a running `vitsweep ui` says here which store it serves on which port
 EXPORT_DIR = STORAGE / "export"
 MLFLOW_CACHE_DIR = STORAGE / "cache" / "mlflow"
 

@@ -11,6 +11,8 @@ its workers) on Ctrl-C or SIGTERM. Store URLs are shown with their password mask
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -20,8 +22,8 @@ import time
 from pathlib import Path
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import (DEFAULT_STORAGE, DEFAULT_TRACKING, check_reachable, is_database_server, is_http,
-                            redact, sqlite_path)
+from vitsweep.paths import (DEFAULT_STORAGE, DEFAULT_TRACKING, UI_DIR, check_reachable, is_database_server,
+                            is_http, redact, sqlite_path)
 from vitsweep.sweep.storage import open_storage
 
 
@@ -100,10 +102,45 @@ def ui(tracking_uri: str = DEFAULT_TRACKING, host: str = "127.0.0.1", port: int 
         print(f"  runs of {line}", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        return proc.wait()
+        with _announced(tracking_uri, host, port):
+            return proc.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the server and its workers
         _stop_group(proc)
         raise
+
+
+def _store_key(tracking_uri: str) -> str:
+    """A store's name in UI_DIR's files: a hash, so no password is written to disk."""
+    return hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _announced(tracking_uri: str, host: str, port: int):  # noqa: ANN202 - a context manager
+    """While the block runs, UI_DIR/PORT.json says this process serves ``tracking_uri`` there, so
+    that ``vitsweep run`` prints the address of the UI that is up (:func:`running_ui`)."""
+    path = UI_DIR / f"{port}.json"
+    with contextlib.suppress(OSError):
+        UI_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port, "store": _store_key(tracking_uri)}))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def running_ui(tracking_uri: str) -> str | None:
+    """The address of a running ``vitsweep ui`` on ``tracking_uri`` (started from this folder), or None."""
+    for path in sorted(UI_DIR.glob("*.json")) if UI_DIR.is_dir() else []:
+        try:
+            info = json.loads(path.read_text())
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):  # gone (killed hard), or not ours to read
+            continue
+        if info.get("store") == _store_key(tracking_uri):
+            host = "127.0.0.1" if info["host"] in ("0.0.0.0", "::") else info["host"]
+            return f"http://{host}:{info['port']}"
+    return None
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:

@@ -114,6 +114,9 @@ def _plan(sweep: SweepConfig, study: optuna.Study, workers: int, tracker: Tracke
         f"{sweep.sampler.name} sampler, {sweep.pruner.name} pruner, {sweep.epochs} epochs per trial, "
         f"{workers} worker(s)" + (f"; MLflow {redact(sweep.tracking.uri)} experiment {tracker.experiment_name}"
                                   if tracker.enabled else ""))
+    page = _runs_page(sweep, tracker)
+    if page:
+        out(f"MLflow runs: {page}")
     placements = placement.plan(workers, sweep.base.train.device)
     for p in placements:
         out(p.describe())
@@ -135,6 +138,11 @@ def _runs_page(sweep: SweepConfig, tracker: Tracker) -> str | None:
         return None
     if is_http(sweep.tracking.uri):
         return runs_url(redact(sweep.tracking.uri), tracker.experiment_id, view=True)
+    from vitsweep.servers import running_ui
+
+    up = running_ui(sweep.tracking.uri)  # a `vitsweep ui` on this store, already serving
+    if up is not None:
+        return runs_url(up, tracker.experiment_id, view=True)
     return f"vitsweep ui, then {runs_url('http://127.0.0.1:5000', tracker.experiment_id, view=True)}"
 
 
