@@ -386,6 +386,21 @@ def test_the_promotion_files_show_accuracy_in_percent_and_say_so(tmp_path):
     assert "ticksuffix" not in layout["yaxis2"]  # the loss as it is
 
 
+def test_each_epochs_accuracy_is_in_mlflow_in_percent_too():
+    """MLflow keeps val_acc a fraction (the value Optuna ranks by) and logs each accuracy of an epoch
+    in percent as <name>_pct, so the run page's charts a person reads say percent."""
+    tracker = Tracker(TRACKING, "pct", "storage/mlartifacts")
+    rid = tracker.client.create_run(tracker.experiment_id).info.run_id
+    for epoch, acc in ((1, 0.2213), (2, 0.3)):
+        tracker.log_epoch(rid, epoch, {"epoch": epoch, "val_acc": acc, "train_acc": acc / 2, "val_loss": 1.5, "lr": 0.1})
+    history = {k: [(m.step, m.value) for m in tracker.client.get_metric_history(rid, k)]
+               for k in ("val_acc", "val_acc_pct", "train_acc_pct", "val_loss", "val_loss_pct", "run/lr_pct")}
+    assert history["val_acc"] == [(1, 0.2213), (2, 0.3)]
+    assert [(s, round(v, 6)) for s, v in history["val_acc_pct"]] == [(1, 22.13), (2, 30.0)]
+    assert [round(v, 6) for _, v in history["train_acc_pct"]] == [11.065, 15.0]
+    assert history["val_loss"] and not history["val_loss_pct"] and not history["run/lr_pct"]
+
+
 def test_epochs_equal_to_the_trials_own_are_refused_with_a_hint(capsys):
     make_study("same", [(TrialState.COMPLETE, 0.3, adamw(3e-3))])
     code, out, err = promote_cli(capsys, "--study", "same", "--top", "1", "--epochs", "2")  # the trials ran 2
