@@ -209,7 +209,7 @@ nav a{margin-right:12px} .note{color:#8a6d3b;background:#fcf8e3;padding:8px 12px
 table.trials{border-collapse:collapse;font-size:.85em} table.trials th,table.trials td{padding:3px 8px;
 border-bottom:1px solid #eee;text-align:right;white-space:nowrap} table.trials th{background:#f5f5f5}
 .tablewrap{overflow-x:auto} table.leaderboard{width:100%} table.trials td .wrap{white-space:normal;display:inline-block;
-text-align:left;min-width:14em;max-width:30em}
+text-align:left;min-width:14em;max-width:32em} table.leaderboard th{white-space:normal}
 """
 
 
