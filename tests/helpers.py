@@ -5,6 +5,7 @@ tearing it down, and the tests that need PostgreSQL, Chromium or docker-compose.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import shutil
@@ -355,6 +356,22 @@ def chromium(url: str, profile: Path, *args: str, budget_ms: int = 10000) -> str
              f"--virtual-time-budget={budget_ms}", f"--user-data-dir={profile}"]
     return subprocess.run([*flags, *(args or ("--dump-dom",)), url], check=True, capture_output=True, text=True,
                           timeout=180).stdout
+
+
+def plotly_figures(page: str) -> dict[str, tuple[list[dict], dict]]:
+    """Each figure of an HTML page written by plotly (``fig.to_html``/``write_html``) as the browser
+    gets it: its div id -> (the traces, the layout), read from the ``Plotly.newPlot(id, data, layout)`` calls."""
+    dec, out, at = json.JSONDecoder(), {}, 0
+    while (at := page.find("Plotly.newPlot(", at)) >= 0:
+        vals, pos = [], at + len("Plotly.newPlot(")
+        for _ in range(3):
+            while page[pos] in " \n\t,":
+                pos += 1
+            val, pos = dec.raw_decode(page, pos)
+            vals.append(val)
+        out[vals[0]] = (vals[1], vals[2])
+        at = pos
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

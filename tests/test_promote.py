@@ -252,11 +252,12 @@ def test_resume_after_interrupt_and_mlflow_records(capsys):
         assert {"checkpoint/best.pt", "evaluation/confusion_matrix.csv", "evaluation/confusion_matrix.png"} <= arts
         (row,) = [b for b in board if int(b["trial"]) == number]
         assert row["mlflow_run_id"] == run.info.run_id
-        assert float(row["test_acc"]) == pytest.approx(run.data.metrics["test_acc"])
-        assert float(row["best_val_acc"]) == pytest.approx(run.data.metrics["best_val_acc"])
+        # the CSV files: accuracies in percent, in columns that say so (MLflow: fractions, and *_pct)
+        assert float(row["test_acc_pct"]) == pytest.approx(100 * run.data.metrics["test_acc"], abs=1e-4)
+        assert float(row["best_val_acc_pct"]) == pytest.approx(100 * run.data.metrics["best_val_acc"], abs=1e-4)
         assert int(row["epochs_run"]) == run.data.metrics["epochs_run"] == 3
         (lrow,) = [b for b in lb if int(b["trial"]) == number]
-        assert float(lrow["test_acc_mean"]) == pytest.approx(run.data.metrics["test_acc"])
+        assert float(lrow["test_acc_mean_pct"]) == pytest.approx(run.data.metrics["test_acc_pct"], abs=1e-4)
         assert lrow["mlflow_run_ids"] == run.info.run_id
         versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
         assert len(versions) == 1 and versions[0].name == "vitsweep-res"
@@ -352,6 +353,52 @@ def test_the_promotion_chart_draws_each_run_in_one_colour_in_both_panels():
         colours.setdefault(tr.name, set()).add(tr.line.color)
     assert len(colours) == 12 and all(len(c) == 1 for c in colours.values())  # one colour per run, both panels
     assert sum(tr.showlegend for tr in fig.data) == 12  # one legend entry per run
+
+
+def test_the_promotion_files_show_accuracy_in_percent_and_say_so(tmp_path):
+    """leaderboard.csv and runs.csv: every accuracy column in percent, named *_pct; val_curves.html
+    plots percent; the report's reader gets the fractions back."""
+    from types import SimpleNamespace
+
+    from vitsweep.promote.results import RunRecord, leaderboard, read_promotion, write_leaderboard
+
+    hist = [{"epoch": 1, "val_acc": 0.4, "val_loss": 1.2}, {"epoch": 2, "val_acc": 0.5, "val_loss": 1.1}]
+    recs = [RunRecord(study="s", trial=3, seed=seed, config_desc="c", sweep_value=0.45, stop_reason="completed",
+                      epochs_run=2, best_epoch=2, best_val_acc=0.5 + seed / 100, test_acc=0.6125, test_loss=1.0,
+                      per_class_acc=[], confusion=[], classes=[], history=hist, train_time_s=1.0, key="k")
+            for seed in (0, 1)]
+    board = leaderboard(recs, [SimpleNamespace(number=3, rank=1, describe="c", value=0.45)], "val_acc")
+    (tmp_path / "s").mkdir()
+    files = write_leaderboard(board, recs, tmp_path / "s", "s", "val_acc")
+    (lrow,) = list(csv.DictReader(files["leaderboard"].open()))
+    assert {"sweep_val_acc_pct", "test_acc_mean_pct", "best_val_acc_mean_pct", "best_val_acc_std_pct"} <= set(lrow)
+    assert not {"test_acc_mean", "best_val_acc_mean", "sweep_val_acc"} & set(lrow)
+    assert float(lrow["test_acc_mean_pct"]) == 61.25 and float(lrow["best_val_acc_mean_pct"]) == 50.5
+    assert float(lrow["sweep_val_acc_pct"]) == 45.0 and float(lrow["test_loss_mean"]) == 1.0  # a loss as it is
+    runs = list(csv.DictReader(files["runs"].open()))
+    assert [float(r["best_val_acc_pct"]) for r in runs] == [50.0, 51.0] and runs[0]["test_acc_pct"] == "61.25"
+    back = read_promotion(tmp_path, "s").leaderboard  # the report reads fractions again
+    assert back.iloc[0]["test_acc_mean"] == pytest.approx(0.6125) and back.iloc[0]["sweep_val_acc"] == pytest.approx(0.45)
+    ((data, layout),) = helpers.plotly_figures(files["chart"].read_text()).values()
+    acc = [tr for tr in data if tr.get("xaxis", "x") == "x"]
+    assert acc and all(tr["y"] == [40.0, 50.0] for tr in acc)  # val_acc in percent
+    assert layout["yaxis"]["ticksuffix"] == "%" and layout["yaxis"]["title"]["text"] == "val_acc (%)"
+    assert "ticksuffix" not in layout["yaxis2"]  # the loss as it is
+
+
+def test_each_epochs_accuracy_is_in_mlflow_in_percent_too():
+    """MLflow keeps val_acc a fraction (the value Optuna ranks by) and logs each accuracy of an epoch
+    in percent as <name>_pct, so the run page's charts a person reads say percent."""
+    tracker = Tracker(TRACKING, "pct", "storage/mlartifacts")
+    rid = tracker.client.create_run(tracker.experiment_id).info.run_id
+    for epoch, acc in ((1, 0.2213), (2, 0.3)):
+        tracker.log_epoch(rid, epoch, {"epoch": epoch, "val_acc": acc, "train_acc": acc / 2, "val_loss": 1.5, "lr": 0.1})
+    history = {k: [(m.step, m.value) for m in tracker.client.get_metric_history(rid, k)]
+               for k in ("val_acc", "val_acc_pct", "train_acc_pct", "val_loss", "val_loss_pct", "run/lr_pct")}
+    assert history["val_acc"] == [(1, 0.2213), (2, 0.3)]
+    assert [(s, round(v, 6)) for s, v in history["val_acc_pct"]] == [(1, 22.13), (2, 30.0)]
+    assert [round(v, 6) for _, v in history["train_acc_pct"]] == [11.065, 15.0]
+    assert history["val_loss"] and not history["val_loss_pct"] and not history["run/lr_pct"]
 
 
 def test_epochs_equal_to_the_trials_own_are_refused_with_a_hint(capsys):

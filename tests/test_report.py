@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
-from tests.helpers import chromium, needs_chromium, sweep_dict
+from tests.helpers import chromium, needs_chromium, plotly_figures, sweep_dict
 from vitsweep.cli import app
 from vitsweep.promote.results import RunRecord
 from vitsweep.report.compute import compute_spent
@@ -28,7 +28,8 @@ from vitsweep.tracking.runs import Tracker
 from vitsweep.tracking.tags import PARENT_ATTR
 
 FIGURES = ["history", "intermediate", "compute", "importances", "parallel", "slice"]
-DIST = {"optimizer": CategoricalDistribution(["adan", "adamw"]), "lr": FloatDistribution(3e-4, 1e-2, log=True)}
+DIST = {"optimizer": CategoricalDistribution(["adan", "adamw"]), "lr": FloatDistribution(3e-4, 1e-2, log=True),
+        "beta3": FloatDistribution(0.9, 0.999)}  # beta3: a conditional param (Adan only)
 # (state, params, val_acc per epoch): trial epochs are 3 (TRAINER), 2 of the 6 trials pruned
 TRIALS = [
     (TrialState.COMPLETE, {"optimizer": "adamw", "lr": 1e-3}, [0.30, 0.40, 0.45]),
@@ -170,6 +171,15 @@ def test_report_renders_in_headless_chromium(report):
     assert sorted(rendered) == sorted(FIGURES)
     for key, chunk in rendered.items():
         assert 'class="main-svg"' in chunk, f"figure {key} did not render"
+    # accuracies in percent: the value axis as drawn (tick labels in the SVG), and the trials table
+    for key in ("history", "intermediate", "slice"):
+        ticks = re.findall(r'<g class="ytick">.*?>([^<>]*)</text>', rendered[key])
+        assert ticks and all(t.endswith("%") for t in ticks), (key, ticks)
+    assert "val_acc (%)" in rendered["history"]
+    # the best trial first
+    table = re.search(r"<section id=\"trials\">.*?</section>", dom, re.S).group(0)
+    first = re.findall(r"<td>(.*?)</td>", re.search(r"<tbody>\s*<tr>(.*?)</tr>", table, re.S).group(1))
+    assert first[:4] == ["1", "1", "COMPLETE", "50.00%"]
     keep = os.environ.get("VITSWEEP_REPORT_SCREENSHOT")  # a copy to look at
     if keep:
         shutil.copy(shot, keep)
@@ -192,7 +202,8 @@ def test_best_value_against_compute_spent():
             user_attrs={"flops": flops}, intermediate_values={1: 0.2}))  # ended in this order
     fig = best_vs_compute_figure(study, "val_acc")
     (trace,) = fig.data
-    assert list(trace.x) == [2.0, 3.0, 5.0, 7.0] and list(trace.y) == [0.3, 0.3, 0.5, 0.5]  # best so far
+    assert list(trace.x) == [2.0, 3.0, 5.0, 7.0] and list(trace.y) == [30.0, 30.0, 50.0, 50.0]  # best so far, in %
+    assert fig.layout.xaxis.title.text == "PFLOP spent (estimate)" and fig.layout.yaxis.ticksuffix == "%"
     assert len(best_vs_compute_figure(optuna.create_study(), "val_acc").data) == 0
     # a pruned first trial is scaled to a full trial's epochs
     first = optuna.trial.create_trial(state=TrialState.PRUNED, value=None, intermediate_values={1: 0.2},
@@ -201,3 +212,168 @@ def test_best_value_against_compute_spent():
     line = duration_estimate(first, epochs=5, left=10, workers=2, timeout=600.0)
     assert line.startswith("estimate: a full trial (5 epochs) takes ~5.0 min here; the 10 trial(s) left take at most ~25.0 min")
     assert "study.timeout starts no trial after 10.0 min" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# What the page shows: accuracy in percent, the best trial first, a colour per trial, FLOPs in a
+# unit that fits, no "None" on a numeric axis, a leaderboard that fits the page
+
+# trials 1 and 3 sampled beta3 (Adan); the others did not
+COND_TRIALS = [
+    (TrialState.COMPLETE, {"optimizer": "adamw", "lr": 1e-3}, [0.30, 0.40, 0.45]),
+    (TrialState.COMPLETE, {"optimizer": "adan", "lr": 3e-3, "beta3": 0.99}, [0.32, 0.44, 0.50]),
+    (TrialState.PRUNED, {"optimizer": "adamw", "lr": 9e-3}, [0.15]),
+    (TrialState.COMPLETE, {"optimizer": "adan", "lr": 5e-4, "beta3": 0.92}, [0.28, 0.38, 0.41]),
+    (TrialState.COMPLETE, {"optimizer": "adamw", "lr": 2e-3}, [0.25, 0.30, 0.33]),
+]
+
+
+def test_every_report_plot_shows_accuracy_in_percent(report):
+    figs = plotly_figures(report[3].path.read_text())
+    data, layout = figs["fig-history"]
+    (values,) = [tr for tr in data if tr["name"] == "val_acc (%)"]
+    (best,) = [tr for tr in data if tr["name"] == "Best Value"]
+    assert sorted(values["y"]) == pytest.approx([41.0, 45.0, 50.0]) and max(best["y"]) == pytest.approx(50.0)
+    assert layout["yaxis"]["ticksuffix"] == "%" and layout["yaxis"]["title"]["text"] == "val_acc (%)"
+    data, layout = figs["fig-intermediate"]
+    trials = [tr for tr in data if tr["name"].startswith("trial ")]
+    assert max(y for tr in trials for y in tr["y"]) == pytest.approx(50.0) and layout["yaxis"]["ticksuffix"] == "%"
+    assert "%{y:.2f}%" in trials[0]["hovertemplate"]
+    data, layout = figs["fig-slice"]
+    assert all(15 <= y <= 50.0 + 1e-9 for tr in data for y in tr.get("y") or [])
+    yaxes = [k for k in layout if k.startswith("yaxis")]
+    assert len(yaxes) == 2 and all(layout[k]["ticksuffix"] == "%" for k in yaxes)
+    data, layout = figs["fig-parallel"]
+    ticks = [a["text"] for a in layout["annotations"] if a["x"] == 0 and a["text"][0].isdigit()]
+    assert ticks and all(t.endswith("%") and 41 <= float(t[:-1]) <= 50 for t in ticks)
+    data, layout = figs["fig-best_vs_compute"] if "fig-best_vs_compute" in figs else (None, None)
+    assert data is None  # the fixture's trials recorded no FLOPs
+
+
+def test_the_trials_table_shows_the_best_trial_first(report):
+    page = report[3].path.read_text()
+    table = re.search(r"<section id='trials'>.*?</section>", page, re.S).group(0)
+    head = re.findall(r"<th>(.*?)</th>", table)
+    body = re.search(r"<tbody>.*?</tbody>", table, re.S).group(0)
+    rows = [re.findall(r"<td>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    assert head[:4] == ["place", "trial", "state", "val_acc"]
+    assert [r[1] for r in rows] == ["1", "0", "3", "2", "4", "5"]  # by value (maximize), then the rest in order
+    assert rows[0][:4] == ["1", "1", "COMPLETE", "50.00%"] and rows[2][3] == "41.00%"
+    assert [r[0] for r in rows] == ["1", "2", "3", "", "", ""] and rows[3][3] == "-"
+
+
+def test_intermediate_values_draw_a_colour_per_trial_and_fit_the_epochs_reported(tmp_path):
+    url, _ = make_study(tmp_path, trials=TRIALS[:3], parent=False)  # 3 epochs per trial, trial 2 pruned after 1
+    res = write_report("rep", url, "none", tmp_path / "r.html", echo=lambda _: None)
+    data, layout = plotly_figures(res.path.read_text())["fig-intermediate"]
+    trials = {tr["name"]: tr for tr in data if tr["name"].startswith("trial ")}
+    assert sorted(trials) == ["trial 0 (complete)", "trial 1 (complete)", "trial 2 (pruned)"]
+    colours = [tr["line"]["color"] for tr in trials.values()]
+    assert len(set(colours)) == 3 and all(tr["marker"]["color"] == tr["line"]["color"] for tr in trials.values())
+    assert trials["trial 2 (pruned)"]["line"]["dash"] == "dash"
+    assert trials["trial 0 (complete)"]["line"]["dash"] == "solid"
+    assert layout["xaxis"]["range"] == [0.5, 3.5]
+    short = make_study(tmp_path / "short", trials=[TRIALS[2], TRIALS[4]], parent=False)[0]  # 2 epochs at most
+    res = write_report("rep", short, "none", tmp_path / "s.html", echo=lambda _: None)
+    assert plotly_figures(res.path.read_text())["fig-intermediate"][1]["xaxis"]["range"] == [0.5, 2.5]
+
+
+def test_a_conditional_numeric_param_puts_no_none_on_a_numeric_axis(tmp_path):
+    url, _ = make_study(tmp_path, trials=COND_TRIALS, parent=False)
+    res = write_report("rep", url, "none", tmp_path / "r.html", echo=lambda _: None)
+    page = res.path.read_text()
+    figs = plotly_figures(page)
+    _, layout = figs["fig-parallel"]
+    ticks = [a["text"] for a in layout["annotations"]]
+    assert layout["xaxis"]["ticktext"] == ["val_acc (%)", "lr", "optimizer"] and "None" not in ticks
+    assert "not on these axes: beta3 (numeric, sampled by some trials only" in page
+    data, layout = figs["fig-slice"]
+    (beta3,) = [tr for tr in data if tr.get("xaxis") == "x"]  # slice subplots are sorted: beta3 first
+    assert layout["xaxis"]["title"]["text"] == "beta3" and sorted(beta3["x"]) == [0.92, 0.99]  # the trials that have it
+
+
+def test_compute_is_shown_in_gflop_tflop_or_pflop_by_its_size():
+    from vitsweep.report.figures import best_vs_compute_figure, flop_unit
+
+    assert flop_unit(3e9) == (1e9, "GFLOP") and flop_unit(999e9) == (1e9, "GFLOP") and flop_unit(2e12)[1] == "TFLOP"
+    assert flop_unit(5e15)[1] == "PFLOP" and flop_unit(1e6)[1] == "GFLOP"
+    for flops, unit, x in ((3e9, "GFLOP", [3.0, 6.0]), (4e12, "TFLOP", [4.0, 8.0])):
+        study = optuna.create_study(direction="maximize")
+        for v in (0.2, 0.25):
+            study.add_trial(create_trial(state=TrialState.COMPLETE, value=v, params={}, distributions={},
+                                         user_attrs={"flops": flops}))
+        fig = best_vs_compute_figure(study, "val_acc")
+        assert fig.layout.xaxis.title.text == f"{unit} spent (estimate)" and list(fig.data[0].x) == pytest.approx(x)
+        lo, hi = fig.layout.yaxis.range  # fitted to the values (20% and 25%), not 0..100
+        assert 19 < lo < 20 and 25 < hi < 26
+
+
+def promotion_files(root: Path, study: str = "rep", config: str = "adan lr=0.003") -> Path:
+    """A promotion folder as vitsweep promote writes it (leaderboard.csv, runs.csv, result.json)."""
+    from types import SimpleNamespace
+
+    from vitsweep.promote.results import leaderboard, write_leaderboard
+
+    folder = root / "promote" / study
+    records = []
+    for trial, val in ((1, 0.70), (0, 0.66)):
+        for seed in (0, 1):
+            hist = [{"epoch": e, "val_acc": val - 0.1 * (4 - e) + seed / 100, "val_loss": 2.0 - 0.2 * e}
+                    for e in range(1, 5)]
+            rec = RunRecord(study=study, trial=trial, seed=seed, config_desc=f"{config} #{trial}",
+                            sweep_value=0.5 - trial / 20, stop_reason="completed", epochs_run=4, best_epoch=4, best_val_acc=val + seed / 100,
+                            test_acc=0.61 - trial / 50, test_loss=1.1, per_class_acc=[], confusion=[], classes=[],
+                            history=hist, train_time_s=12.0, key="k", mlflow_run_id=f"{trial}{seed}" * 16)
+            (folder / f"trial{trial}-seed{seed}").mkdir(parents=True)
+            rec.save(folder / f"trial{trial}-seed{seed}" / "result.json")
+            records.append(rec)
+    picked = [SimpleNamespace(number=n, rank=n + 1, describe=f"{config} #{n}", value=0.5 - n / 20) for n in (1, 0)]
+    write_leaderboard(leaderboard(records, picked, "val_acc"), records, folder, study, "val_acc")
+    return folder
+
+
+def test_the_leaderboard_in_the_report_is_in_percent_and_narrow(tmp_path):
+    url, _ = make_study(tmp_path, parent=False)
+    folder = promotion_files(tmp_path)
+    assert "test_acc_mean_pct" in (folder / "leaderboard.csv").read_text().splitlines()[0]
+    res = write_report("rep", url, "none", tmp_path / "r.html", promote_dir=tmp_path / "promote", echo=lambda _: None)
+    page = res.path.read_text()
+    table = re.search(r"<table[^>]*leaderboard.*?</table>", page, re.S).group(0)
+    head = re.findall(r"<th>(.*?)</th>", table)
+    body = re.search(r"<tbody>.*?</tbody>", table, re.S).group(0)
+    rows = [re.findall(r"<td>(.*?)</td>", r, re.S) for r in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    assert head[:5] == ["place", "trial", "sweep rank", "config", "sweep val_acc"] and len(head) <= 13
+    assert "mlflow_run_ids" not in head and "1111111111111111" not in table  # run ids stay in the CSV
+    row = dict(zip(head, rows[0]))
+    assert row["trial"] == "1" and row["sweep val_acc"] == "45.00%" and row["test acc"] == "59.00% ± 0.00%"
+    assert row["val acc (best epoch)"] == "70.50% ± 0.71%" and row["time"] == "24s"
+    assert "<span class='wrap'>adan lr=0.003 #1</span>" == row["config"]
+    data, layout = plotly_figures(page)["fig-promotion"]
+    assert max(y for tr in data if tr.get("xaxis", "x") == "x" for y in tr["y"]) == pytest.approx(71.0)
+    assert layout["yaxis"]["ticksuffix"] == "%"
+    data, layout = plotly_figures(page)["fig-fidelity"]
+    assert data[0]["x"] == pytest.approx([45.0, 50.0]) and data[0]["y"] == pytest.approx([70.5, 66.5])
+    assert layout["xaxis"]["ticksuffix"] == layout["yaxis"]["ticksuffix"] == "%"
+    lo, hi = layout["yaxis"]["range"]
+    assert 60 < lo < 66.5 and 70.5 < hi < 75  # fitted to the values
+
+
+LONG_CONFIG = ("optimizer=adan lr=0.003 beta1=0.98 beta2=0.92 beta3=0.99 weight_decay=0.05 patch_size=4 "
+               "batch_size=128 precision=bf16 augment=trivial label_smoothing=0.1 dim=192 depth=6")
+
+
+@needs_chromium
+def test_the_leaderboard_fits_the_page_in_chromium(tmp_path):
+    """A leaderboard of long configs, in a 1280-pixel window: no horizontal scrolling, percent shown."""
+    url, _ = make_study(tmp_path, parent=False)
+    promotion_files(tmp_path, config=LONG_CONFIG)
+    res = write_report("rep", url, "none", tmp_path / "r.html", promote_dir=tmp_path / "promote", echo=lambda _: None)
+    probe = tmp_path / "probe.html"  # the page, and a script that measures the table once it is laid out
+    probe.write_text(res.path.read_text().replace("</body>", (
+        "<script>window.addEventListener('load', () => { const t = document.querySelector('#promotion table');"
+        "const w = t.closest('.tablewrap'); document.body.setAttribute('data-fits', "
+        "t.scrollWidth <= w.clientWidth ? 'yes' : `no: ${t.scrollWidth} > ${w.clientWidth}`); });</script></body>")))
+    dom = chromium(probe.as_uri(), tmp_path / "chrome", "--window-size=1280,2000", "--dump-dom")
+    assert re.search(r'<body[^>]*data-fits="yes"', dom), re.search(r'data-fits="[^"]*"', dom)
+    table = re.search(r'<table[^>]*leaderboard.*?</table>', dom, re.S).group(0)
+    assert "70.50% ± 0.71%" in table and LONG_CONFIG in table

@@ -3,6 +3,11 @@
 ``<out>/<study>/`` holds a folder per run, ``trial<N>-seed<S>/``, whose ``result.json`` is a
 :class:`RunRecord` (written when the run finished), and the promotion's ``leaderboard.csv``
 (one row per config), ``runs.csv`` (one per run) and ``val_curves.html``.
+
+Units: in memory (and in ``result.json``, as the trainer measures it) an accuracy is a fraction; in
+the CSV files every accuracy column is in percent and says so (``test_acc_mean_pct``,
+``best_val_acc_pct``, ``sweep_val_acc_pct``), as the terminal and the report show it;
+:func:`read_promotion` turns them back into fractions. ``val_curves.html`` plots percent.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from vitsweep.stats import order_verdict
-from vitsweep.units import fmt_metric
+from vitsweep.tracking.tags import PERCENT_SUFFIX
+from vitsweep.units import fmt_metric, is_percent, pct_column, shown
 from vitsweep.paths import atomic_write
 
 RESULT_FILE = "result.json"
@@ -109,7 +115,7 @@ def read_promotion(out_dir: Path, study: str) -> PromotionFiles:
         return p
     if (folder / LEADERBOARD_FILE).is_file():
         with contextlib.suppress(Exception):
-            p.leaderboard = pd.read_csv(folder / LEADERBOARD_FILE)
+            p.leaderboard = from_percent_columns(pd.read_csv(folder / LEADERBOARD_FILE))
     for f in sorted(folder.glob(f"*/{RESULT_FILE}")):
         with contextlib.suppress(Exception):
             rec = RunRecord.load(f)
@@ -158,16 +164,35 @@ def leaderboard(records: list[RunRecord], picked: list[Any], metric: str) -> pd.
     return df
 
 
+def to_percent_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame as the CSV files hold it: each accuracy column in percent (to 4 decimals), named
+    ``<column>_pct``; every other column as it is."""
+    df = df.copy()
+    for col in [c for c in df.columns if is_percent(c)]:
+        df[col] = [round(shown(float(v), col), 4) if v is not None and v == v else v for v in df[col]]
+    return df.rename(columns={c: pct_column(c) for c in df.columns})
+
+
+def from_percent_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`to_percent_columns` undone (a file written before the columns said percent: as it is)."""
+    pct = [c for c in df.columns if c.endswith(PERCENT_SUFFIX) and is_percent(c)]
+    df = df.copy()
+    for col in pct:
+        df[col] = df[col] / 100.0
+    return df.rename(columns={c: c[: -len(PERCENT_SUFFIX)] for c in pct})
+
+
 def write_leaderboard(board: pd.DataFrame, records: list[RunRecord], root: Path, study: str,
                       metric: str) -> dict[str, Path]:
+    """``leaderboard.csv``, ``runs.csv`` (accuracies in percent, ``*_pct`` columns) and ``val_curves.html``."""
     files = {"leaderboard": root / LEADERBOARD_FILE, "runs": root / RUNS_FILE, "chart": root / CHART_FILE}
-    board.to_csv(files["leaderboard"])
-    pd.DataFrame([{"trial": r.trial, "seed": r.seed, "config": r.config_desc, f"sweep_{metric}": r.sweep_value,
-                   "test_acc": r.test_acc, "test_loss": r.test_loss, "best_val_acc": r.best_val_acc,
-                   "best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "continued_from": r.continued_from,
-                   "stop_reason": r.stop_reason,
-                   "wall_time_s": r.train_time_s, "mlflow_run_id": r.mlflow_run_id or "", "run_dir": r.run_dir}
-                  for r in records]).to_csv(files["runs"], index=False)
+    to_percent_columns(board).to_csv(files["leaderboard"])
+    runs = [{"trial": r.trial, "seed": r.seed, "config": r.config_desc, f"sweep_{metric}": r.sweep_value,
+             "test_acc": r.test_acc, "test_loss": r.test_loss, "best_val_acc": r.best_val_acc,
+             "best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "continued_from": r.continued_from,
+             "stop_reason": r.stop_reason, "wall_time_s": r.train_time_s, "mlflow_run_id": r.mlflow_run_id or "",
+             "run_dir": r.run_dir} for r in records]
+    to_percent_columns(pd.DataFrame(runs)).to_csv(files["runs"], index=False)
     fig = val_curves_figure(records, f"promotion of study {study}: validation curves")
     fig.write_html(files["chart"], include_plotlyjs=True)
     return files
@@ -209,16 +234,21 @@ def _mean_std(mean: float, std: float) -> str:
 
 
 def val_curves_figure(records: list[RunRecord], title: str) -> go.Figure:
-    """Validation accuracy and loss by epoch, a line per run (the promotion's chart and the report's)."""
+    """Validation accuracy (in percent) and loss by epoch, a line per run (the promotion's chart and the report's)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy", "validation loss"))
     palette = plotly.colors.qualitative.Plotly
     for i, r in enumerate(records):
         hover = f"{r.label}<br>{r.config_desc}" + (f"<br>test acc {r.test_acc:.2%}" if r.test_acc is not None else "")
         for col, k in ((1, "val_acc"), (2, "val_loss")):
             if all(k in h for h in r.history):
-                fig.add_trace(go.Scatter(x=[int(h["epoch"]) for h in r.history], y=[h[k] for h in r.history],
+                y_fmt = ".2f}%" if is_percent(k) else ".4f}"
+                fig.add_trace(go.Scatter(x=[int(h["epoch"]) for h in r.history], y=[shown(h[k], k) for h in r.history],
                                          mode="lines+markers", name=r.label, legendgroup=r.label, showlegend=col == 1,
-                                         line={"color": palette[i % len(palette)]}, hovertext=hover), row=1, col=col)
-    fig.update_xaxes(title_text="epoch", dtick=1)
+                                         line={"color": palette[i % len(palette)]}, text=[hover] * len(r.history),
+                                         hovertemplate=f"%{{text}}<br>epoch %{{x}}<br>{k} %{{y:{y_fmt}<extra></extra>"),
+                              row=1, col=col)
+    fig.update_xaxes(title_text="epoch", dtick=1 if max((r.epochs_run for r in records), default=0) <= 20 else None)
+    fig.update_yaxes(title_text="val_acc (%)", ticksuffix="%", row=1, col=1)
+    fig.update_yaxes(title_text="val_loss", row=1, col=2)
     fig.update_layout(title=title, template="plotly_white")
     return fig

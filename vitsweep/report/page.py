@@ -31,16 +31,18 @@ from vitsweep.errors import VitsweepError
 from vitsweep.paths import PROMOTE_DIR, REPORTS_DIR, atomic_write, is_http, redact, storage_url, tracking_uri as resolve_tracking
 from vitsweep.promote.results import fidelity_line, read_promotion, val_curves_figure
 from vitsweep.report.compute import ComputeSpent, compute_spent
-from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section,
-                                     intermediate_figure)
+from vitsweep.report.figures import (Section, best_vs_compute_figure, compute_figure, figure_section, fitted_range,
+                                     intermediate_figure, percent_axes, percent_parallel,
+                                     percent_study)
+from vitsweep.report.tables import leaderboard_html, trials_html
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.spec import SweepConfig
 from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.pruners import rungs as pruner_rungs
 from vitsweep.sweep.study import sweep_of
-from vitsweep.sweep.trials import describe_counts, metric_of, state_counts, trials_table
+from vitsweep.sweep.trials import describe_counts, state_counts
 from vitsweep.tracking.tags import FLOPS_ATTR
-from vitsweep.units import fmt_metric
+from vitsweep.units import axis_title, fmt_metric, shown
 from vitsweep.tracking.artifacts import log_report
 from vitsweep.tracking.client import check_tracking_server
 from vitsweep.tracking.tags import REPORT_ARTIFACT_DIR
@@ -73,7 +75,7 @@ def build_sections(study: optuna.Study, promote_dir: Path, runs_url: str | None 
                                       lambda: best_vs_compute_figure(study, metric, FLOPS_ATTR),
                                       "no trial recorded its compute yet"))
     sections.append(_trials_section(study, runs_url))
-    promo = _promotion_section(promote_dir, study.study_name)
+    promo = _promotion_section(promote_dir, study.study_name, metric)
     if promo is not None:
         sections.append(promo)
         fidelity = _fidelity_section(promote_dir, study.study_name, metric, study.direction.name.lower())
@@ -83,15 +85,17 @@ def build_sections(study: optuna.Study, promote_dir: Path, runs_url: str | None 
 
 
 def _study_sections(study: optuna.Study, sweep: SweepConfig) -> list[Section]:
-    """Optuna's plots: history, intermediate values (pruning marked), importances, parallel, slice."""
+    """Optuna's plots: history, intermediate values (pruning marked), importances, parallel, slice;
+    an accuracy in percent (drawn from :func:`percent_study`)."""
     metric, epochs = sweep.study.metric, sweep.epochs
     vis = optuna.visualization
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     no_complete = "no completed trial yet"
     rungs = pruner_rungs(sweep)
+    pct, name = percent_study(study, metric), axis_title(metric)
     sections = [
         figure_section("history", "Optimization history",
-                       lambda: vis.plot_optimization_history(study, target_name=metric), no_complete),
+                       lambda: percent_axes(vis.plot_optimization_history(pct, target_name=name), metric), no_complete),
         figure_section("intermediate", "Intermediate values and pruning",
                        lambda: intermediate_figure(study, metric, epochs, rungs), "no trial reported an epoch yet"),
     ]
@@ -102,11 +106,28 @@ def _study_sections(study: optuna.Study, sweep: SweepConfig) -> list[Section]:
     else:
         sections.append(figure_section("importances", "Parameter importances",
                                        lambda: vis.plot_param_importances(study, target_name=metric), imp_note))
-    sections.append(figure_section("parallel", "Parallel coordinates",
-                                   lambda: vis.plot_parallel_coordinate(study, target_name=metric), no_complete))
+    params, left_out = _parallel_params(complete)
+    parallel = figure_section(
+        "parallel", "Parallel coordinates", lambda: percent_parallel(vis.plot_parallel_coordinate(
+            pct, params=params, target_name=name), metric),
+        no_complete if not complete else "no param that every completed trial sampled")
+    if left_out and parallel.figure is not None:
+        parallel.note = (f"not on these axes: {', '.join(left_out)} (numeric, sampled by some trials only: "
+                         "see the slice plots)")
+    sections.append(parallel)
     sections.append(figure_section("slice", "Slice plots",
-                                   lambda: vis.plot_slice(study, target_name=metric), no_complete))
+                                   lambda: percent_axes(vis.plot_slice(pct, target_name=name), metric), no_complete))
     return sections
+
+
+def _parallel_params(complete: list[optuna.trial.FrozenTrial]) -> tuple[list[str], list[str]]:
+    """(the params for the parallel coordinates, the numeric ones left out): a numeric param that a
+    completed trial did not sample (a conditional one) would get a "None" tick on its numeric axis."""
+    names = sorted({p for t in complete for p in t.params})
+    left_out = [p for p in names if any(p not in t.params for t in complete)
+                and all(isinstance(t.params[p], (int, float)) and not isinstance(t.params[p], bool)
+                        for t in complete if p in t.params)]
+    return [p for p in names if p not in left_out], left_out
 
 
 def _compute_section(study: optuna.Study, cs: ComputeSpent, epochs: int) -> Section:
@@ -121,25 +142,11 @@ def _compute_section(study: optuna.Study, cs: ComputeSpent, epochs: int) -> Sect
 
 
 def _trials_section(study: optuna.Study, runs_url: str | None = None) -> Section:
-    """The trials table; with ``runs_url`` (an MLflow server's address) each run id links to its run."""
-    df = trials_table(study)
-    tail = [c for c in ("reason", "mlflow_run_id") if c in df.columns]
-    df = df[[c for c in df.columns if c not in tail] + tail]  # params (conditional ones too) before them
-    for col in df.columns:
-        if df[col].dtype == object:
-            df[col] = [html.escape(str(v)) if v is not None and v == v else "" for v in df[col]]
-    if "value" in df.columns:  # accuracy in percent, as everywhere
-        metric = metric_of(study)
-        df["value"] = [fmt_metric(v, metric) for v in df["value"]]
-        df = df.rename(columns={"value": metric})
-    if runs_url and "mlflow_run_id" in df.columns:
-        base = runs_url.rstrip("/")
-        df["mlflow_run_id"] = [f'<a href="{base}/#/runs/{r}">{r}</a>' if r else "" for r in df["mlflow_run_id"]]
-    table = df.to_html(classes="trials", float_format=lambda v: f"{v:.4g}", na_rep="", border=0, escape=False)
-    return Section("trials", "Trials", html=table)
+    """The trials table, best first; with ``runs_url`` (an MLflow server's address) each run id links to its run."""
+    return Section("trials", "Trials (best first)", html=trials_html(study, runs_url))
 
 
-def _promotion_section(promote_dir: Path, study_name: str) -> Section | None:
+def _promotion_section(promote_dir: Path, study_name: str, metric: str) -> Section | None:
     """The promoted runs' validation curves and the leaderboard, where vitsweep promote ran."""
     promo = read_promotion(promote_dir, study_name)
     if not promo.found:
@@ -150,9 +157,8 @@ def _promotion_section(promote_dir: Path, study_name: str) -> Section | None:
     else:
         sec.note = f"no run records (result.json) in {promo.folder}"
     if promo.leaderboard is not None:
-        sec.html = ("<h3>Leaderboard (test accuracy of each run's best checkpoint)</h3>"
-                    + promo.leaderboard.to_html(classes="trials", index=False, na_rep="", border=0,
-                                                float_format=lambda v: f"{v:.4g}"))
+        sec.html = ("<h3>Leaderboard (ranked by validation accuracy; test accuracy of each run's best checkpoint; "
+                    "mean ± std over seeds)</h3>" + leaderboard_html(promo.leaderboard, metric))
     return sec
 
 
@@ -164,11 +170,13 @@ def _fidelity_section(promote_dir: Path, study_name: str, metric: str, direction
         return None
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Scatter(x=list(board[col]), y=list(board["best_val_acc_mean"]), mode="markers+text",
-                               text=[f"trial {int(t)}" for t in board["trial"]], textposition="top center"))
+    xs, ys = [shown(v, metric) for v in board[col]], [shown(v, "acc") for v in board["best_val_acc_mean"]]
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers+text", text=[f"trial {int(t)}" for t in board["trial"]],
+                               textposition="top center"))
     fig.update_layout(title="Fidelity: the sweep's value against the promoted run's", template="plotly_white",
-                      xaxis_title=f"sweep {metric}", yaxis_title="promoted best validation accuracy",
-                      yaxis_tickformat=".1%", xaxis_tickformat=".1%" if "acc" in metric else None)
+                      xaxis_title=f"sweep {axis_title(metric)}", yaxis_title="promoted best validation accuracy (%)",
+                      xaxis_range=fitted_range(xs), yaxis_range=fitted_range(ys), yaxis_ticksuffix="%")
+    percent_axes(fig, metric, "x")
     return Section("fidelity", "Fidelity: did the sweep's order hold at full length?", figure=fig,
                    note=fidelity_line(board, metric, direction))
 
@@ -200,7 +208,8 @@ nav a{margin-right:12px} .note{color:#8a6d3b;background:#fcf8e3;padding:8px 12px
 .big{font-size:1.15em} .meta{color:#666;font-size:.9em}
 table.trials{border-collapse:collapse;font-size:.85em} table.trials th,table.trials td{padding:3px 8px;
 border-bottom:1px solid #eee;text-align:right;white-space:nowrap} table.trials th{background:#f5f5f5}
-.tablewrap{overflow-x:auto}
+.tablewrap{overflow-x:auto} table.leaderboard{width:100%} table.trials td .wrap{white-space:normal;display:inline-block;
+text-align:left;min-width:14em;max-width:32em} table.leaderboard th{white-space:normal}
 """
 
 

@@ -115,6 +115,13 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
+def best_first(rows: list[dict[str, Any]], direction: optuna.study.StudyDirection) -> list[dict[str, Any]]:
+    """:func:`trial_rows` best value first (by the study's direction), trials without a value last,
+    ties in trial order."""
+    sign = 1 if direction == optuna.study.StudyDirection.MINIMIZE else -1
+    return sorted(rows, key=lambda r: (r["value"] is None, sign * (r["value"] or 0.0), r["number"]))
+
+
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """:func:`trial_rows` as a DataFrame indexed by trial number (the report's table)."""
     import pandas as pd
@@ -158,9 +165,8 @@ def show_trials(study_name: str | None, storage: str, csv: Path | None, sort: st
     study = load_study(study_name, storage)
     rows = trial_rows(study)
     n = len(rows)
-    if sort == "value":  # best first, trials without a value last, ties in trial order
-        sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
-        rows = sorted(rows, key=lambda r: (r["value"] is None, sign * (r["value"] or 0.0), r["number"]))
+    if sort == "value":
+        rows = best_first(rows, study.direction)
     shown = rows[:top] if top is not None else rows
     metric = metric_of(study)
     print(f"study {study.study_name} ({redact(storage)}): {n} trial(s)"

@@ -21,7 +21,7 @@ from vitsweep.train.config import Config
 from vitsweep.paths import tracking_off
 from vitsweep.tracking.client import (PROMOTED_VIEW_TAG, VIEW_TAG, experiment_id, open_client, promoted_view, runs_view,
                                       trial_metric_key)
-from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, MODEL_METRIC_PREFIXES, KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_NOTE, TAG_PARENT, TAG_REASON,
+from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, MODEL_METRIC_PREFIXES, PERCENT_SUFFIX, KIND_SWEEP, KIND_TRIAL, RUN_STATUS, TAG_KIND, TAG_NOTE, TAG_PARENT, TAG_REASON,
                                     TAG_STATE, TAG_STUDY, TAG_TRIAL, TAG_VALUE_MAX)
 
 
@@ -43,6 +43,14 @@ def hardware_tags(device: str | None) -> dict[str, str]:
 def percent(value: float, metric: str) -> float:
     """An accuracy (a fraction) in percent, for the metric a person reads; other metrics as they are."""
     return 100.0 * value if "acc" in metric else value
+
+
+def with_percent(metrics: dict[str, float]) -> dict[str, float]:
+    """An epoch's metrics and, for each accuracy, the same in percent as ``<name>_pct``
+    (``val_acc_pct``): the charts a person reads on the run page say percent, while ``val_acc``
+    stays the fraction Optuna ranks by."""
+    return {**metrics, **{f"{k}{PERCENT_SUFFIX}": percent(v, k) for k, v in metrics.items()
+                          if "acc" in k and k != "epoch" and v is not None}}
 
 
 def chart_order(metrics: dict[str, float]) -> dict[str, float]:
@@ -181,7 +189,7 @@ class Tracker:
     def log_epoch(self, run_id: str | None, epoch: int, metrics: dict[str, float]) -> None:
         if not self.enabled or not run_id:
             return
-        self._write(self.client.log_batch, run_id, metrics=metrics_at(chart_order(metrics), epoch))
+        self._write(self.client.log_batch, run_id, metrics=metrics_at(chart_order(with_percent(metrics)), epoch))
 
     def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
         if not self.enabled or not run_id or not tags:
