@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,14 +99,19 @@ def side_by_side(arms: dict[str, Path], minutes: float, out: Path) -> dict[str, 
         procs.append(ctx.Process(target=arm, args=(name, path, minutes, core, run_dir, queue)))
     for p in procs:
         p.start()
-    results = {}
-    for _ in procs:
-        r = queue.get()
-        results[r["arm"]] = r
+    results: dict[str, dict[str, Any]] = {}
+    while len(results) < len(procs):
+        try:
+            r = queue.get(timeout=5)
+            results[r["arm"]] = r
+        except Empty:  # an arm that died (its traceback is above) never puts its result
+            failed = [name for name, p in zip(arms, procs) if p.exitcode not in (None, 0) and name not in results]
+            if failed:
+                for p in procs:
+                    p.terminate()
+                raise SystemExit(f"error: the {', '.join(failed)} arm failed; see its error above") from None
     for p in procs:
         p.join()
-        if p.exitcode:
-            raise SystemExit(f"error: an arm failed (exit code {p.exitcode})")
     return results
 
 
@@ -140,9 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="[default: storage/proof/STUDY]")
     args = ap.parse_args(argv)
 
-    from vitsweep.train.config import read_yaml
+    from vitsweep.errors import VitsweepError
+    from vitsweep.train.config import load_config, read_yaml
 
-    raw = read_yaml(args.sweep)
+    try:  # both files checked before an hour of sweeping
+        raw = read_yaml(args.sweep)
+        load_config(args.recipe)
+    except VitsweepError as e:
+        raise SystemExit(f"error: {e}") from None
     study = args.study or raw.get("study", {}).get("name") or args.sweep.stem
     out = args.out or Path("storage/proof") / study
     out.mkdir(parents=True, exist_ok=True)
