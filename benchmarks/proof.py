@@ -46,6 +46,10 @@ FINAL = {"data.train_limit": None, "schedule.by_time": True, "schedule.horizon":
          "train.target_acc": None}
 
 
+def study_of(raw: dict[str, Any], sweep_file: Path) -> str:
+    return (raw.get("study") or {}).get("name") or sweep_file.stem
+
+
 def vitsweep(*args: str, stores: list[str]) -> list[str]:
     return [sys.executable, "-m", "vitsweep", *args, *stores]
 
@@ -154,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         load_config(args.recipe)
     except VitsweepError as e:
         raise SystemExit(f"error: {e}") from None
-    study = args.study or raw.get("study", {}).get("name") or args.sweep.stem
+    study = args.study or study_of(raw, args.sweep)
     out = args.out or Path("storage/proof") / study
     out.mkdir(parents=True, exist_ok=True)
-    stores = [*(["--storage", args.storage] if args.storage else [])]
+    if args.study and not args.skip_sweep and args.study != study_of(raw, args.sweep):
+        raise SystemExit(f"error: --study {args.study}: the sweep file runs study {study_of(raw, args.sweep)}; "
+                         f"--study picks another study only with --skip-sweep")
+    storage = args.storage or (raw.get("storage") or {}).get("url")  # where `vitsweep run` puts the study
+    stores = ["--storage", storage] if storage else []
     t0 = time.perf_counter()
     sweep_min = None if args.skip_sweep else sweep(args.sweep, args.workers,
                                                    stores + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else []))
@@ -185,4 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as e:  # vitsweep said what was wrong, above
+        sys.exit(e.returncode)

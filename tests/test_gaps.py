@@ -143,6 +143,8 @@ def test_studies_delete_shows_what_goes_asks_then_removes_it_all(promoted, capsy
     from vitsweep.sweep.storage import load_study
 
     assert Path("storage/promote/champ").is_dir()
+    code, _, err = cli("studies", "--storage", "sqlite:///elsewhere.db", "delete", "champ", "--yes", capsys=capsys)
+    assert code == 2 and "elsewhere.db" in err, err  # the group's --storage is the one delete reads
     code, _, err = cli("studies", "delete", "champ", "--storage", STORAGE, "--mlflow", "--tracking-uri", TRACKING,
                        capsys=capsys)  # not on a terminal, no --yes: nothing deleted
     assert code == 2 and "nothing was deleted; add --yes" in err, err

@@ -111,7 +111,7 @@ def ui(tracking_uri: str = DEFAULT_TRACKING, host: str = "127.0.0.1", port: int 
 
 def _store_key(tracking_uri: str) -> str:
     """A store's name in UI_DIR's files: a hash, so no password is written to disk."""
-    return hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return hashlib.sha256(redact(tracking_uri).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -135,12 +135,19 @@ def running_ui(tracking_uri: str) -> str | None:
         try:
             info = json.loads(path.read_text())
             os.kill(int(info["pid"]), 0)
+            host, port, store = str(info["host"]), int(info["port"]), info.get("store")
         except (OSError, ValueError, KeyError, TypeError):  # gone (killed hard), or not ours to read
             continue
-        if info.get("store") == _store_key(tracking_uri):
-            host = "127.0.0.1" if info["host"] in ("0.0.0.0", "::") else info["host"]
-            return f"http://{host}:{info['port']}"
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        if store == _store_key(tracking_uri) and _answers(host, port):  # a reused pid serves nothing there
+            return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     return None
+
+
+def _answers(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        return True
+    return False
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:

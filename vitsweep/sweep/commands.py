@@ -61,7 +61,8 @@ def studies(ctx: typer.Context, storage: ReadStorageOption = None) -> None:
     """Every study in the storage: trials by state, best value, last activity.
 
     Example: vitsweep studies --storage sqlite:///storage/optuna.db"""
-    if ctx.invoked_subcommand is not None:
+    if ctx.invoked_subcommand is not None:  # `studies --storage X delete NAME`: delete reads X
+        ctx.obj = {"storage": storage}
         return
     from vitsweep.paths import storage_url
     from vitsweep.sweep.trials import show_studies
@@ -72,6 +73,7 @@ def studies(ctx: typer.Context, storage: ReadStorageOption = None) -> None:
 
 @studies_app.command("delete")
 def delete(
+    ctx: typer.Context,
     study: Annotated[str, typer.Argument(help="The study to delete.")],
     storage: ReadStorageOption = None,
     mlflow: Annotated[bool, typer.Option("--mlflow", help="Also delete its MLflow runs and registered model.")] = False,
@@ -95,6 +97,9 @@ def delete(
                                 f"delete the above")
         return typer.confirm("delete all of it?", default=False, err=True)
 
-    done = delete_study(study, storage, tracking_uri, mlflow, confirm)
+    given = (ctx.obj or {}).get("storage")
+    if given and storage and given != storage:
+        raise VitsweepError("studies --storage and studies delete --storage differ: give one")
+    done = delete_study(study, storage or given, tracking_uri, mlflow, confirm)
     typer.echo(f"deleted study {study}" if done else "nothing deleted", err=True)
     next_step("vitsweep studies")

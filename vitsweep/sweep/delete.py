@@ -1,7 +1,7 @@
 """``vitsweep studies delete NAME``: a study and what it left behind, after the user saw the list.
 
-What goes: the study's trials in the Optuna storage; the trials' checkpoint folders (each trial
-records its own, ``run_dir``) and the study's promotion folder (``storage/promote/NAME``); with
+What goes: the study's trials in the Optuna storage; its trials folder (``trials.dir/NAME``, every
+trial's checkpoints) and its promotion folder (``storage/promote/NAME``); with
 ``--mlflow``, every MLflow run tagged with the study (the sweep's parent, its trials, promotions
 and promoted runs) and the registered model ``vitsweep-NAME``. Nothing is deleted before the user
 confirmed (or gave ``--yes``); a run that is still training is refused."""
@@ -15,7 +15,7 @@ from typing import Callable
 
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import PROMOTE_DIR, redact, storage_url, tracking_uri as resolve_tracking
-from vitsweep.tracking.tags import RUN_DIR_ATTR, TAG_STUDY
+from vitsweep.tracking.tags import TAG_STUDY
 
 
 @dataclass
@@ -54,21 +54,32 @@ def delete_study(name: str, storage: str | None, tracking_uri: str | None, with_
     if running:
         raise VitsweepError(f"study {name}: trial(s) {', '.join(map(str, running[:10]))} still running; stop the "
                             f"sweep first (vitsweep stop {name}, or Ctrl-C its workers), then delete it")
-    folders = {Path(t.user_attrs[RUN_DIR_ATTR]) for t in trials if RUN_DIR_ATTR in t.user_attrs}
-    folders |= {_trials_folder(study), PROMOTE_DIR / name}
-    doomed = Doomed(name, url, len(trials), sorted(p for p in folders if p is not None and p.is_dir()))
+    doomed = Doomed(name, url, len(trials), _folders(study))
     client = _mlflow_findings(doomed, resolve_tracking(tracking_uri)) if with_mlflow else None
     if not confirm(doomed.describe()):
         return None
-    optuna.delete_study(study_name=name, storage=open_storage(url))
-    for p in doomed.folders:
-        shutil.rmtree(p, ignore_errors=True)
-    if client is not None:
+    if client is not None:  # MLflow first, the study last: a failure part-way can be run again
         for run_id in doomed.runs:
             client.delete_run(run_id)
         if doomed.model:
             client.delete_registered_model(doomed.model)
+    left = []
+    for p in doomed.folders:
+        shutil.rmtree(p, ignore_errors=True)
+        if p.exists():
+            left.append(str(p))
+    if left:
+        raise VitsweepError(f"study {name}: could not delete {', '.join(left)} (permissions?); the study itself "
+                            f"was kept, so this command can be run again")
+    optuna.delete_study(study_name=name, storage=open_storage(url))
     return doomed
+
+
+def _folders(study) -> list[Path]:  # noqa: ANN001 - an optuna.Study
+    """The study's own folders: its trials folder (trials.dir/NAME, which holds every trial's
+    checkpoints) and its promotion folder. Nothing outside them is touched."""
+    roots = [_trials_folder(study), PROMOTE_DIR / study.study_name]
+    return [r.resolve() for r in roots if r is not None and r.is_dir()]
 
 
 def _trials_folder(study) -> Path | None:  # noqa: ANN001 - an optuna.Study
@@ -85,8 +96,14 @@ def _mlflow_findings(doomed: Doomed, uri: str):  # noqa: ANN202 - an MlflowClien
     """Fill in the study's MLflow runs and registered model; the client that can delete them."""
     from vitsweep.tracking.client import study_footprint
 
-    if uri == "none":
+    from vitsweep.paths import sqlite_path, tracking_off
+
+    if tracking_off(uri):
         raise VitsweepError("--mlflow with --tracking-uri none: give the MLflow store the study's runs are in")
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise VitsweepError(f"--mlflow: no MLflow store at {uri} ({path} does not exist); give the store the "
+                            f"study's runs are in with --tracking-uri")
     client, doomed.runs, doomed.model = study_footprint(uri, doomed.study)
     return client
 

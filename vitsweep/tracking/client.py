@@ -24,7 +24,8 @@ from mlflow.exceptions import MlflowException
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import (FileLock, check_reachable, is_database_server, is_http, missing_driver, prepare_sqlite,
                             redact, sqlite_path, tracking_off)
-from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, EPOCHS_METRIC, KIND_RUN, KIND_TRIAL, PERCENT_SUFFIX,
+from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, EPOCHS_METRIC, KIND_RUN, KIND_TRIAL, MODEL_PREFIX,
+                                    PERCENT_SUFFIX,
                                     TAG_KIND, TAG_REASON, TAG_SEED, TAG_STATE, TAG_STOP, TAG_STUDY, TAG_TRIAL)
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
@@ -227,11 +228,12 @@ def experiment_runs_urls(uri: str, server: str) -> list[str]:
 def study_footprint(uri: str, study: str) -> tuple[MlflowClient, list[str], str | None]:
     """(a client, the ids of every run tagged with ``study`` in any experiment, its registered
     champion model's name or None): what ``vitsweep studies delete --mlflow`` removes."""
+    check_tracking_server(uri)  # a server that is down: exit 2 in seconds, not minutes of retries
     client = open_client(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(ids, filter_string=f"tags.`{TAG_STUDY}` = '{study}'", max_results=50000) if ids else []
     try:
-        model: str | None = client.get_registered_model(f"vitsweep-{study}").name
+        model: str | None = client.get_registered_model(f"{MODEL_PREFIX}{study}").name
     except MlflowException:
         model = None
     return client, [r.info.run_id for r in runs], model
