@@ -107,8 +107,9 @@ def _plan(sweep: SweepConfig, study: optuna.Study, workers: int, tracker: Tracke
         out(f"study {sweep.study.name} is finished: {finished}/{sweep.study.n_trials} trials done, none to run. "
             f"For more: vitsweep run {sweep.source} --more N")
         return []
-    if plateau.stopped(study):  # its workers would each stop at once; the summary says why
-        out(f"study {sweep.study.name} was stopped ({plateau.stopped(study)}): no trial starts")
+    why = plateau.stopped(study)
+    if why:  # its workers would each stop at once; the summary says why
+        out(f"study {sweep.study.name} was stopped ({why}): no trial starts")
         return []
     if workers > max(1, left):
         out(f"--workers {workers}: {left} trial(s) left to run, so {max(1, left)} worker(s)")
