@@ -102,6 +102,9 @@ FIDELITIES: dict[str, dict[str, Any]] = {
     # (b) a complete short run on the full data: the final run's shape, only shorter
     "full2": {"what": "(b) 2 epochs on 45,000 images, cosine sized to 2 epochs",
               "set": {"train.epochs": 2}, "read": [1, 2]},
+    # (b) at half the cost: one complete epoch (no rung to prune at, so twice the trials of full2)
+    "full1": {"what": "(b) 1 epoch on 45,000 images, cosine sized to 1 epoch",
+              "set": {"train.epochs": 1}, "read": [1]},
     # (c) warmup-stable-decay: a constant-lr trunk sized to the final horizon, and at each rung a
     # cooldown branch (20% of the steps so far, (1 - sqrt) shape) whose value the trial reports
     "wsd3": {"what": "(c) 3 epochs of a wsd trunk (horizon 8) on 45,000 images, cooldown branches at epochs 1, 3",
@@ -120,7 +123,7 @@ ORDER = ("p6", "p3", "p9", "p1", "p0", "p8", "p5", "p7", "p2", "p4")
 
 
 def plan() -> list[tuple[str, str, int]]:
-    panel = [(c, f, PANEL[c]["seed"]) for c in ORDER for f in ("subset3", "wsd3", "full2", "final")]
+    panel = [(c, f, PANEL[c]["seed"]) for c in ORDER for f in ("subset3", "wsd3", "full2", "final", "full1")]
     parity = [(c, f, seed) for c, seeds in PARITY for seed in seeds for f in ("wsd_final", "final")]
     return panel + [item for item in parity if item not in panel]
 
