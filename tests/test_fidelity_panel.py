@@ -73,3 +73,20 @@ def test_a_cooldown_branch_is_what_a_wsd_reading_reports(fid):
     assert fid.reading(record, 1)[0] == pytest.approx(0.45)
     assert fid.reading(record, 3)[0] == pytest.approx(0.45)  # best so far, as a trial's value
     assert fid.reading(record, 4) is None  # the run is shorter than the reading
+
+
+def test_the_cpu_sweep_trains_its_trials_at_the_fidelity_the_panel_chose(fid):
+    """cifar10_cpu.yaml's header cites the panel's numbers for one fidelity: its trials must be that
+    fidelity (the full data, the epochs and schedule shape it names), with Hyperband counting epochs."""
+    from vitsweep.sweep.spec import load_sweep
+
+    sweep = load_sweep(REPO / "sweeps" / "cifar10_cpu.yaml")
+    chosen = build_config(fid.trainer_dict("p0", "full2", 0), source="panel")
+    trial = sweep.base
+    assert trial.data.train_limit is None and chosen.data.train_limit is None
+    assert trial.data.val_size == chosen.data.val_size
+    assert trial.train.epochs == chosen.train.epochs == 2 and sweep.epochs == 2
+    assert trial.schedule.name == chosen.schedule.name == "cosine" and not trial.schedule.by_time
+    assert trial.schedule.horizon is None and not trial.schedule.branches
+    assert sweep.pruner.name == "hyperband" and sweep.pruner.min_resource == 1
+    assert "fidelity (b)" in (REPO / "sweeps" / "cifar10_cpu.yaml").read_text()
