@@ -90,3 +90,29 @@ def test_the_cpu_sweep_trains_its_trials_at_the_fidelity_the_panel_chose(fid):
     assert trial.schedule.horizon is None and not trial.schedule.branches
     assert sweep.pruner.name == "hyperband" and sweep.pruner.min_resource == 1
     assert "fidelity (b)" in (REPO / "sweeps" / "cifar10_cpu.yaml").read_text()
+
+
+def test_a_trial_too_slow_for_the_sweeps_time_cap_completes_with_its_first_epoch(tmp_path):
+    """cifar10_cpu.yaml caps its trials with train.time_limit (no by_time): a config whose second
+    epoch would end past the cap stops after its first, and the study records it as complete with
+    that epoch's value (not failed, not lost)."""
+    import copy
+
+    import optuna
+
+    from tests.helpers import TRAINER, sweep_dict
+    from vitsweep.sweep.runner import run_sweep
+    from vitsweep.sweep.spec import build_sweep
+    from vitsweep.sweep.storage import load_study
+
+    raw = sweep_dict(tmp_path, name="cap", n_trials=2)
+    raw["trainer"] = copy.deepcopy(TRAINER)
+    raw["trainer"]["train"] = {**raw["trainer"]["train"], "epochs": 2, "time_limit": 1e-3}
+    raw["pruner"] = {"name": "none"}
+    raw["tracking"] = {"uri": "none"}  # Optuna alone says what a user sees here
+    run_sweep(build_sweep(raw), out=lambda _: None)
+    trials = load_study("cap", f"sqlite:///{tmp_path}/optuna.db").get_trials(deepcopy=False)
+    assert len(trials) == 2
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert sorted(t.intermediate_values) == [1] and t.value == t.intermediate_values[1]
