@@ -158,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         load_config(args.recipe)
     except VitsweepError as e:
         raise SystemExit(f"error: {e}") from None
-    study = args.study or study_of(raw, args.sweep)
+    swept = study_of(raw, args.sweep)  # the study the sweep file runs
+    study = args.study or swept
     out = args.out or Path("storage/proof") / study
     out.mkdir(parents=True, exist_ok=True)
-    if args.study and not args.skip_sweep and args.study != study_of(raw, args.sweep):
-        raise SystemExit(f"error: --study {args.study}: the sweep file runs study {study_of(raw, args.sweep)}; "
+    if args.study and not args.skip_sweep and args.study != swept:
+        raise SystemExit(f"error: --study {args.study}: the sweep file runs study {swept}; "
                          f"--study picks another study only with --skip-sweep")
     storage = args.storage or (raw.get("storage") or {}).get("url")  # where `vitsweep run` puts the study
     stores = ["--storage", storage] if storage else []

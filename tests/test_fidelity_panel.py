@@ -96,17 +96,14 @@ def test_a_trial_too_slow_for_the_sweeps_time_cap_completes_with_its_first_epoch
     """cifar10_cpu.yaml caps its trials with train.time_limit (no by_time): a config whose second
     epoch would end past the cap stops after its first, and the study records it as complete with
     that epoch's value (not failed, not lost)."""
-    import copy
-
     import optuna
 
-    from tests.helpers import TRAINER, sweep_dict
+    from tests.helpers import sweep_dict
     from vitsweep.sweep.runner import run_sweep
     from vitsweep.sweep.spec import build_sweep
     from vitsweep.sweep.storage import load_study
 
-    raw = sweep_dict(tmp_path, name="cap", n_trials=2)
-    raw["trainer"] = copy.deepcopy(TRAINER)
+    raw = sweep_dict(tmp_path, name="cap", n_trials=2)  # its own copy of the tiny trainer
     raw["trainer"]["train"] = {**raw["trainer"]["train"], "epochs": 2, "time_limit": 1e-3}
     raw["pruner"] = {"name": "none"}
     raw["tracking"] = {"uri": "none"}  # Optuna alone says what a user sees here

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from vitsweep.errors import VitsweepError
-from vitsweep.paths import PROMOTE_DIR, redact, storage_url, tracking_uri as resolve_tracking
+from vitsweep.paths import PROMOTE_DIR, redact, sqlite_path, storage_url, tracking_off, tracking_uri as resolve_tracking
 from vitsweep.tracking.tags import TAG_STUDY
 
 
@@ -95,8 +95,6 @@ def _trials_folder(study) -> Path | None:  # noqa: ANN001 - an optuna.Study
 def _mlflow_findings(doomed: Doomed, uri: str):  # noqa: ANN202 - an MlflowClient
     """Fill in the study's MLflow runs and registered model; the client that can delete them."""
     from vitsweep.tracking.client import study_footprint
-
-    from vitsweep.paths import sqlite_path, tracking_off
 
     if tracking_off(uri):
         raise VitsweepError("--mlflow with --tracking-uri none: give the MLflow store the study's runs are in")

@@ -24,9 +24,9 @@ from mlflow.exceptions import MlflowException
 from vitsweep.errors import VitsweepError
 from vitsweep.paths import (FileLock, check_reachable, is_database_server, is_http, missing_driver, prepare_sqlite,
                             redact, sqlite_path, tracking_off)
-from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, EPOCHS_METRIC, KIND_RUN, KIND_TRIAL, MODEL_PREFIX,
-                                    PERCENT_SUFFIX,
-                                    TAG_KIND, TAG_REASON, TAG_SEED, TAG_STATE, TAG_STOP, TAG_STUDY, TAG_TRIAL)
+from vitsweep.tracking.tags import (BEST_PREFIX, BOOKKEEPING_PREFIX, EPOCHS_METRIC, KIND_RUN, KIND_TRIAL,
+                                    MODEL_PREFIX, PERCENT_SUFFIX, TAG_KIND, TAG_REASON, TAG_SEED, TAG_STATE, TAG_STOP,
+                                    TAG_STUDY, TAG_TRIAL)
 
 _LOGGERS = ("mlflow", "alembic", "mlflow.pytorch")
 EXPERIMENT_KIND, ML_EXPERIMENT = "mlflow.experimentKind", "custom_model_development"
