@@ -311,11 +311,17 @@ def trunk_final(record: dict[str, Any]) -> float | None:
     return max(c["val_acc"] for c in curve) if curve and curve[-1]["epoch"] >= FINAL_EPOCHS else None
 
 
+def panel_finals(records: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each config's final-budget value, from its panel seed (a parity seed's final is not the panel's)."""
+    return {r["config"]: got[0] for r in records.values()
+            if r["fidelity"] == "final" and r["seed"] == PANEL[r["config"]]["seed"]
+            and (got := reading(r, FINAL_EPOCHS))}
+
+
 def table(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     from vitsweep.stats import kendall, spearman
 
-    finals = {r["config"]: reading(r, FINAL_EPOCHS)[0] for r in records.values()
-              if r["fidelity"] == "final" and r["seed"] == PANEL[r["config"]]["seed"] and reading(r, FINAL_EPOCHS)}
+    finals = panel_finals(records)
     rows = []
     for name, fid in FIDELITIES.items():
         if name == "final":
@@ -343,10 +349,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     records = load_cache()
     cpus = sorted({r["cpu"] for r in records.values()})
     print(f"fidelity panel: {len(records)} cached runs; CPUs: {'; '.join(cpus) or '-'}")
-    finals = {r["config"]: r for r in records.values() if r["fidelity"] == "final"}
+    finals = panel_finals(records)
     print(f"final budget: {FINAL_EPOCHS} epochs x 45,000 images; finals cached for {len(finals)} of "
-          f"{len(PANEL)} configs: " + ", ".join(f"{c} {reading(r, FINAL_EPOCHS)[0]:.2%}"
-                                                for c, r in sorted(finals.items()) if reading(r, FINAL_EPOCHS)))
+          f"{len(PANEL)} configs: " + ", ".join(f"{c} {v:.2%}" for c, v in sorted(finals.items())))
     rows = table(records)
     if not rows:
         print("no fidelity has a final to compare with yet: run `python benchmarks/fidelity.py run`")

@@ -67,6 +67,18 @@ def test_the_table_scores_a_fidelity_against_the_final_ranking(fid):
     assert "full1@1" not in rows  # no full1 runs: no row
 
 
+def test_the_report_reads_each_final_from_its_panel_seed(fid, monkeypatch, capsys):
+    """A parity run's final (another seed of a panel config) must not replace the panel's final."""
+    panel = _record(fid, "p0", "final", [0.5] * fid.FINAL_EPOCHS)
+    parity = {**_record(fid, "p0", "final", [0.3] * fid.FINAL_EPOCHS), "key": fid.key_of("p0", "final", 1), "seed": 1}
+    records = {r["key"]: {**r, "cpu": "test CPU"} for r in (panel, parity)}
+    assert fid.panel_finals(records) == {"p0": pytest.approx(0.5)}
+    monkeypatch.setattr(fid, "load_cache", lambda: records)
+    fid.cmd_report(None)
+    out = capsys.readouterr().out
+    assert "finals cached for 1 of" in out and "p0 50.00%" in out and "30.00%" not in out.split("\n")[1]
+
+
 def test_a_cooldown_branch_is_what_a_wsd_reading_reports(fid):
     record = _record(fid, "p0", "wsd3", [0.30, 0.35, 0.40])
     record["curve"][0]["cooldown_val_acc"] = 0.45
