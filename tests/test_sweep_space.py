@@ -136,7 +136,7 @@ def test_shipped_sweeps_are_valid():
 
 
 def test_every_config_the_cpu_sweep_can_sample_is_valid():
-    """cifar10_cpu.yaml mixes patch sizes, widths, progressive resolution and patch dropout: any
+    """cifar10_cpu.yaml mixes optimizers, widths, progressive resolution and patch dropout: any
     combination the sampler may draw must build a valid trainer config (no wasted trials)."""
     sweep = load_sweep(REPO / "sweeps" / "cifar10_cpu.yaml")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
