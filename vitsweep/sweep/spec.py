@@ -15,6 +15,7 @@ Layout of a sweep file (see ``sweeps/*.yaml``)::
     base:    path/to/train.yaml        # optional, relative to the sweep file
     trainer: {data: ..., model: ..., train: {epochs: 5}}   # merged over `base`
     space:   {param_name: {path: optimizer.lr, low: .., high: .., log: true, step: .., when: ..}}
+    enqueue: [{param_name: value, ...}, ...]   # optional: points the study tries first
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from vitsweep.train.schedules import SCHEDULES
 from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR,
                             check_tracking_uri, check_url, storage_url, tracking_uri)
 from vitsweep.sweep.grid import check_grid
-from vitsweep.sweep.space import Param, parse_space
+from vitsweep.sweep.space import Param, config_for_params, parse_enqueue, parse_space
 
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
 
@@ -111,6 +112,9 @@ class SweepConfig:
     base: Config  # the trainer config every trial starts from (train.test already off)
     space: tuple[Param, ...]
     source: str = "sweep"
+    # Points of the space a new study tries first, in order (Optuna's enqueue_trial): each sets
+    # every param it samples, e.g. the hand recipe the sweep is to beat (sweep/space.parse_enqueue).
+    enqueue: tuple[dict[str, Any], ...] = ()
 
     @property
     def epochs(self) -> int:
@@ -122,6 +126,8 @@ class SweepConfig:
         raw: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in _SPECS}
         raw["trainer"] = self.base.to_dict()
         raw["space"] = {p.name: p.to_spec() for p in self.space}
+        if self.enqueue:
+            raw["enqueue"] = [dict(point) for point in self.enqueue]
         return json.loads(json.dumps(raw))
 
     def with_overrides(self, *, n_trials: int | None = None, timeout: float | None = None,
@@ -158,7 +164,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
 
 
 _SPECS = ("study", "sampler", "pruner", "storage", "tracking", "trials")
-_TOP = (*_SPECS, "base", "trainer", "space")
+_TOP = (*_SPECS, "base", "trainer", "space", "enqueue")
 
 
 def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | None = None,
@@ -195,6 +201,7 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
 
     base_cfg = _trainer_config(raw, source, base_dir, errors, overrides or {})
     space = parse_space(raw.get("space"), errors)
+    enqueue = parse_enqueue(raw.get("enqueue"), space, errors)
     if sampler is not None and sampler.name == "grid":
         check_grid(space, errors)
     if pruner is not None and base_cfg is not None and pruner.name == "hyperband" \
@@ -207,8 +214,16 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
     if errors:
         raise ConfigError(format_errors(f"invalid sweep ({brief_path(source)})", errors))
     assert study and sampler and pruner and storage and tracking and trials and base_cfg
-    return SweepConfig(study=study, sampler=sampler, pruner=pruner, storage=storage, tracking=tracking,
-                       trials=trials, base=base_cfg, space=space, source=source)
+    sweep = SweepConfig(study=study, sampler=sampler, pruner=pruner, storage=storage, tracking=tracking,
+                        trials=trials, base=base_cfg, space=space, source=source, enqueue=enqueue)
+    for i, point in enumerate(enqueue):  # each must be a config the trainer takes, as a sampled one
+        try:
+            config_for_params(sweep, point)
+        except ConfigError as e:
+            errors.append(f"enqueue[{i}]: not a valid trainer config: {e}")
+    if errors:
+        raise ConfigError(format_errors(f"invalid sweep ({brief_path(source)})", errors))
+    return sweep
 
 
 def _rung_branches(base: Config, pruner: PrunerSpec, errors: list[str]) -> Config:

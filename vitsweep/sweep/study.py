@@ -1,5 +1,6 @@
 """A sweep's study: the sweep it remembers and its set-up (created once, with one MLflow parent
-run, however many workers start together).
+run, however many workers start together; a new study queues the sweep file's ``enqueue:`` points
+as its first trials, once).
 
 ``record_sweep(study, sweep)`` stores the whole sweep (``SweepConfig.to_dict()``, the URLs without
 their passwords): what is stored is what ``sweep_of`` parses back, so promotion and the report see
@@ -122,6 +123,9 @@ def set_up(sweep: SweepConfig, storage: optuna.storages.BaseStorage, tracker: Tr
     with budget_lock(sweep.storage.url, sweep.study.name) as lock, lock.holding():
         study = create_or_load_study(sweep.study.name, storage, sweep.study.direction)
         record_sweep(study, sweep)
+        if sweep.enqueue and not study.get_trials(deepcopy=False):  # a new study: its enqueued points first
+            for point in sweep.enqueue:
+                study.enqueue_trial(point)
         if study.metric_names is None:  # optuna-dashboard then says val_acc, not "Objective 0"
             with experimental_ok():
                 study.set_metric_names([sweep.study.metric])
