@@ -56,6 +56,13 @@ def test_a_bad_enqueued_point_names_the_param_and_what_it_may_be(point, needle):
     assert needle in str(e.value)
 
 
+def test_enqueue_is_refused_with_the_grid_sampler_which_tries_every_point_anyway():
+    raw = sweep_raw(space={"o": {"path": "optimizer.name", "choices": ["adan", "adamw"]}},
+                    sampler={"name": "grid"}, enqueue=[{"o": "adan"}])
+    with pytest.raises(ConfigError, match=r"enqueue: not with sampler grid"):
+        build_sweep(raw)
+
+
 def test_enqueue_must_be_a_list_of_points():
     with pytest.raises(ConfigError, match=r"enqueue: expected a list of mappings"):
         build_sweep(sweep_raw(enqueue={"lr": 1e-3}))

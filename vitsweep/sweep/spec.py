@@ -204,6 +204,9 @@ def build_sweep(raw: dict[str, Any], source: str = "sweep", base_dir: Path | Non
     enqueue = parse_enqueue(raw.get("enqueue"), space, errors)
     if sampler is not None and sampler.name == "grid":
         check_grid(space, errors)
+        if enqueue:
+            errors.append("enqueue: not with sampler grid, which tries every point of the space anyway; "
+                          "remove enqueue or use sampler tpe or random")
     if pruner is not None and base_cfg is not None and pruner.name == "hyperband" \
             and pruner.min_resource > base_cfg.train.epochs:
         errors.append(f"pruner.min_resource = {pruner.min_resource}: must not exceed the trials' "
