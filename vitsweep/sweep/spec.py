@@ -38,7 +38,8 @@ from vitsweep.train.schedules import SCHEDULES
 from vitsweep.paths import (DEFAULT_ARTIFACTS, DEFAULT_STORAGE, DEFAULT_TRACKING, DEFAULT_TRIALS_DIR,
                             check_tracking_uri, check_url, storage_url, tracking_uri)
 from vitsweep.sweep.grid import check_grid
-from vitsweep.sweep.space import Param, config_for_params, parse_enqueue, parse_space
+from vitsweep.sweep.enqueue import parse_enqueue
+from vitsweep.sweep.space import Param, config_for_params, parse_space
 
 METRICS = {"val_acc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
 
