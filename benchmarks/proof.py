@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                                                    stores + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else []))
     champion = out / "champion.yaml"
     subprocess.run(vitsweep("best", "--study", study, "-o", str(champion), stores=stores), check=True)
+    enqueued = "an enqueued point" in champion.read_text().partition("\n")[0]  # vitsweep best's header says so
+    if enqueued:
+        print("note: the champion is a point the sweep file enqueued, not one the sampler found", flush=True)
     results = side_by_side({"champion": champion, "recipe": args.recipe}, args.minutes, out)
 
     print(f"\n{'arm':<10}{'best val':>10}{'test':>9}{'epochs':>8}{'minutes':>9}  precision  config")
@@ -181,13 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     gap = results["champion"]["best_val_acc"] - results["recipe"]["best_val_acc"]
     verdict = (f"the sweep's champion wins on validation by {gap * 100:.2f} points" if gap > 0 else
                f"the hand recipe wins on validation by {-gap * 100:.2f} points")
+    if enqueued:
+        verdict += " (the champion is the sweep file's enqueued starting point: the sweep kept it, found nothing better)"
     print(f"\n{verdict} (sweep {'skipped' if sweep_min is None else f'{sweep_min:.1f} min'}, "
           f"{(time.perf_counter() - t0) / 60:.1f} min in all)")
-    if gap > 0:
+    if gap > 0 and not enqueued:
         path = candidate_recipe(study, results, out)
         print(f"candidate recipe: {path} (cp {path} sweeps/cpu_recipe.yaml)")
     record = {"study": study, "sweep": str(args.sweep), "sweep_minutes": sweep_min, "minutes": args.minutes,
-              "arms": results, "verdict": verdict, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes")}
+              "arms": results, "champion_enqueued": enqueued, "verdict": verdict, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes")}
     (out / "proof.json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
 

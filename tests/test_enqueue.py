@@ -33,6 +33,40 @@ def test_a_new_study_trains_its_enqueued_points_first_and_a_rerun_does_not_queue
     assert len(params) == 3 and params.count(point) == 1
 
 
+def test_best_says_when_the_champion_is_an_enqueued_point_and_not_one_the_sampler_found(tmp_path):
+    from vitsweep.sweep.best import best_config
+
+    point = {"optimizer": "adamw", "lr": 0.002}
+    raw = sweep_dict(tmp_path, name="kept", n_trials=1, enqueue=[point], tracking={"uri": "none"})
+    run_sweep(build_sweep(raw), out=lambda _: None)
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    _, about, text = best_config("kept", url)
+    assert "an enqueued point" in about and text.partition("\n")[0].endswith("the sweep kept its starting point.")
+    raw = sweep_dict(tmp_path, name="found", n_trials=1, tracking={"uri": "none"})
+    run_sweep(build_sweep(raw), out=lambda _: None)
+    assert "enqueued" not in best_config("found", url)[1]
+
+
+def test_an_interrupted_enqueued_trial_is_requeued_still_marked_as_enqueued():
+    import optuna
+
+    from vitsweep.sweep.resume import requeue
+    from vitsweep.sweep.trials import trial_rows
+    from vitsweep.tracking.tags import REASON_ATTR
+
+    study = optuna.create_study()
+    study.enqueue_trial({"lr": 0.002})
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    trial.set_user_attr(REASON_ATTR, "interrupted (SIGTERM); re-queued")  # what a stopped sweep does
+    requeue(trial)  # with its running trials
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    again = study.get_trials(deepcopy=False)[1]
+    assert again.params == {"lr": 0.002} and again.system_attrs["fixed_params"] == {"lr": 0.002}
+    assert [r["reason"] for r in trial_rows(study)] == [
+        "enqueued; interrupted (SIGTERM); re-queued; retried as trial 1", "enqueued"]
+
+
 def test_an_enqueued_point_builds_the_config_it_names_and_round_trips():
     sweep = build_sweep(sweep_raw(enqueue=[ADAN]))
     assert sweep.enqueue == (ADAN,)

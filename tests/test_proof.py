@@ -29,6 +29,7 @@ def test_the_proof_sweeps_then_trains_champion_and_recipe_side_by_side(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]  # the study where the sweep file keeps it, found by best
     record = json.loads((out / "proof.json").read_text())
     assert record["study"] == "proof" and set(record["arms"]) == {"champion", "recipe"}
+    assert record["champion_enqueued"] is False  # the sampler's own find (the file enqueues nothing)
     for name, arm in record["arms"].items():
         assert arm["epochs"] >= 1 and 0 < arm["best_val_acc"] <= 1 and arm["test_acc"] is not None, name
         assert arm["minutes"] < 1  # the same time limit for both: 3 s of training

@@ -30,6 +30,9 @@ def best_config(study_name: str | None, storage: str | None) -> tuple[str, str, 
     cfg = trial_config(sweep_of(study), best)
     about = (f"best trial {best.number} of study {study.study_name}, {metric} {fmt_metric(best.value, metric)} "
              f"({describe_params(best.params)})")
+    if "fixed_params" in best.system_attrs:  # Optuna's mark of an enqueue_trial point
+        about += ("; an enqueued point (the sweep file's enqueue:), not one the sampler found: "
+                  "the sweep kept its starting point")
     header = (f"# The {about}.\n# Its full trainer config, as the trial ran it; train it again: "
               f"vitsweep train THIS_FILE (add --set train.test=true for its test accuracy)\n")
     return study.study_name, about, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)

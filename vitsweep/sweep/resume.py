@@ -27,9 +27,12 @@ def retry_history(trial: optuna.Trial) -> list[int]:
 def requeue(trial: optuna.Trial) -> None:
     """An interrupted trial runs again on the next ``vitsweep run`` (same params)."""
     history = [*retry_history(trial), trial.number]
+    attrs = {FAILED_TRIAL_SYSATTR: history[0], RETRY_HISTORY_SYSATTR: history}
+    fixed = trial.storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+    if fixed is not None:  # an enqueued point stays one (as Optuna's stale-trial retry keeps every system attr)
+        attrs["fixed_params"] = fixed
     trial.study.add_trial(optuna.trial.create_trial(
-        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        system_attrs={FAILED_TRIAL_SYSATTR: history[0], RETRY_HISTORY_SYSATTR: history}))
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, system_attrs=attrs))
 
 
 def resume(trial: optuna.Trial, run_dir: Path, tracker: Tracker, run_id: str | None,

@@ -90,7 +90,9 @@ def _minutes(seconds: float) -> str:
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One dict per trial: number, state, value, epochs, duration_s, params..., reason, mlflow_run_id."""
+    """One dict per trial: number, state, value, epochs, duration_s, params..., reason, mlflow_run_id.
+    ``reason``: why it was pruned or failed, whether it was retried, and "enqueued" for a point the
+    sweep file queued (``enqueue:``) rather than one the sampler drew."""
     trials = study.get_trials(deepcopy=False)
     retried_as = {}
     for t in trials:
@@ -105,6 +107,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             reason = "worker died (no heartbeat)"
         if t.number in retried_as:
             reason = f"{reason}; retried as trial {retried_as[t.number]}".lstrip("; ")
+        if "fixed_params" in t.system_attrs:  # Optuna's mark of an enqueue_trial point: not the sampler's
+            reason = f"enqueued; {reason}".rstrip("; ")
         row = {"number": t.number, "state": t.state.name, "value": t.value,
                "epochs": len(t.intermediate_values),
                "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None}
