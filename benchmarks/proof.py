@@ -12,7 +12,8 @@ One machine, one go, nothing else running on it (the comparison is time-based):
    test set once, at the end.
 
 It prints, for both, the best validation accuracy, the test accuracy and the minutes, and which won
-on validation. When the champion wins, its config is written as a candidate recipe
+on validation. When the champion wins (and is not the sweep file's enqueued starting point, which
+the sweep only kept), its config is written as a candidate recipe
 (``storage/proof/STUDY/cpu_recipe.yaml``, saying where it came from) to copy over
 ``sweeps/cpu_recipe.yaml``. The outcome is kept in ``storage/proof/STUDY/proof.json``.
 
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from vitsweep.errors import VitsweepError
+    from vitsweep.sweep.best import ENQUEUED
     from vitsweep.train.config import load_config, read_yaml
 
     try:  # both files checked before an hour of sweeping
@@ -172,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                                                    stores + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else []))
     champion = out / "champion.yaml"
     subprocess.run(vitsweep("best", "--study", study, "-o", str(champion), stores=stores), check=True)
-    enqueued = "an enqueued point" in champion.read_text().partition("\n")[0]  # vitsweep best's header says so
+    enqueued = ENQUEUED in champion.read_text().partition("\n")[0]  # vitsweep best's header says so
     if enqueued:
-        print("note: the champion is a point the sweep file enqueued, not one the sampler found", flush=True)
+        print("note: the champion is an enqueued point (the sweep file's enqueue:), not one the sampler found",
+              flush=True)
     results = side_by_side({"champion": champion, "recipe": args.recipe}, args.minutes, out)
 
     print(f"\n{'arm':<10}{'best val':>10}{'test':>9}{'epochs':>8}{'minutes':>9}  precision  config")
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = (f"the sweep's champion wins on validation by {gap * 100:.2f} points" if gap > 0 else
                f"the hand recipe wins on validation by {-gap * 100:.2f} points")
     if enqueued:
-        verdict += " (the champion is the sweep file's enqueued starting point: the sweep kept it, found nothing better)"
+        verdict += (" (the champion is the sweep file's enqueued starting point, not a point the sweep found: "
+                    "no win for the sweep, whichever arm is ahead)")
     print(f"\n{verdict} (sweep {'skipped' if sweep_min is None else f'{sweep_min:.1f} min'}, "
           f"{(time.perf_counter() - t0) / 60:.1f} min in all)")
     if gap > 0 and not enqueued:

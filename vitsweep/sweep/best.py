@@ -14,6 +14,9 @@ from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.trials import metric_of
 from vitsweep.units import fmt_metric
 
+# How vitsweep best's header (its first line) marks a champion that was queued, not sampled.
+ENQUEUED = "an enqueued point"
+
 
 def best_config(study_name: str | None, storage: str | None) -> tuple[str, str, str]:
     """(the study's name, a one-line description of its best trial, the YAML text with a header)."""
@@ -30,9 +33,9 @@ def best_config(study_name: str | None, storage: str | None) -> tuple[str, str, 
     cfg = trial_config(sweep_of(study), best)
     about = (f"best trial {best.number} of study {study.study_name}, {metric} {fmt_metric(best.value, metric)} "
              f"({describe_params(best.params)})")
-    if "fixed_params" in best.system_attrs:  # Optuna's mark of an enqueue_trial point
-        about += ("; an enqueued point (the sweep file's enqueue:), not one the sampler found: "
-                  "the sweep kept its starting point")
+    if "fixed_params" in best.system_attrs:  # Optuna's mark of any enqueue_trial point
+        about += (f"; {ENQUEUED} (the sweep file's enqueue:, or Optuna's enqueue_trial), not one the sampler "
+                  "found: the sweep kept its starting point")
     header = (f"# The {about}.\n# Its full trainer config, as the trial ran it; train it again: "
               f"vitsweep train THIS_FILE (add --set train.test=true for its test accuracy)\n")
     return study.study_name, about, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
