@@ -116,7 +116,7 @@ def test_an_enqueued_point_the_trainer_refuses_is_a_file_error_not_a_failed_tria
     assert list(tmp_path.iterdir()) == [path]  # no storage/, no databases
 
 
-def test_the_cpu_sweep_starts_from_the_hand_recipe():
+def test_the_cpu_sweep_starts_from_the_recipe():
     """cifar10_cpu.yaml's header says its first trial is cpu_recipe.yaml (since 2026-12-04 the point
     the sweep found, which the space holds exactly): the enqueued point's config matches the recipe's
     on everything the space sets."""

@@ -12,6 +12,7 @@ from vitsweep.paths import atomic_write, redact, storage_url
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import load_study
 from vitsweep.sweep.trials import metric_of
+from vitsweep.tracking.tags import ENQUEUED_SYSATTR
 from vitsweep.units import fmt_metric
 
 # How vitsweep best's header (its first line) marks a champion that was queued, not sampled.
@@ -33,7 +34,7 @@ def best_config(study_name: str | None, storage: str | None) -> tuple[str, str, 
     cfg = trial_config(sweep_of(study), best)
     about = (f"best trial {best.number} of study {study.study_name}, {metric} {fmt_metric(best.value, metric)} "
              f"({describe_params(best.params)})")
-    if "fixed_params" in best.system_attrs:  # Optuna's mark of any enqueue_trial point
+    if ENQUEUED_SYSATTR in best.system_attrs:  # any enqueue_trial point
         about += (f"; {ENQUEUED} (the sweep file's enqueue:, or Optuna's enqueue_trial), not one the sampler "
                   "found: the sweep kept its starting point")
     header = (f"# The {about}.\n# Its full trainer config, as the trial ran it; train it again: "

@@ -13,24 +13,28 @@ from optuna.trial import TrialState
 from vitsweep.train.checkpoint import load_checkpoint
 from vitsweep.errors import VitsweepError
 from vitsweep.tracking.runs import Tracker
-from vitsweep.tracking.tags import (FAILED_TRIAL_SYSATTR, RESUMED_FROM_ATTR, RESUMED_FROM_EPOCH_ATTR, RETRY_HISTORY_SYSATTR,
+from vitsweep.tracking.tags import (ENQUEUED_SYSATTR, FAILED_TRIAL_SYSATTR, RESUMED_FROM_ATTR, RESUMED_FROM_EPOCH_ATTR, RETRY_HISTORY_SYSATTR,
                                     RETRY_OF_ATTR, RUN_ATTR, RUN_DIR_ATTR, TAG_RESUMED_FROM_EPOCH, TAG_RESUMED_FROM_TRIAL,
                                     TAG_RETRY_OF, TAG_RETRY_OF_RUN)
 
 
+def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    # optuna.Trial has no public accessor for a running trial's system attrs
+    return trial.storage.get_trial_system_attrs(trial._trial_id)
+
+
 def retry_history(trial: optuna.Trial) -> list[int]:
     """The numbers of a running trial's earlier tries (empty for a first try)."""
-    # optuna.Trial has no public accessor for a running trial's system attrs
-    return list(trial.storage.get_trial_system_attrs(trial._trial_id).get(RETRY_HISTORY_SYSATTR, []))
+    return list(_system_attrs(trial).get(RETRY_HISTORY_SYSATTR, []))
 
 
 def requeue(trial: optuna.Trial) -> None:
     """An interrupted trial runs again on the next ``vitsweep run`` (same params)."""
-    history = [*retry_history(trial), trial.number]
+    sys_attrs = _system_attrs(trial)
+    history = [*sys_attrs.get(RETRY_HISTORY_SYSATTR, []), trial.number]
     attrs = {FAILED_TRIAL_SYSATTR: history[0], RETRY_HISTORY_SYSATTR: history}
-    fixed = trial.storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
-    if fixed is not None:  # an enqueued point stays one (as Optuna's stale-trial retry keeps every system attr)
-        attrs["fixed_params"] = fixed
+    if ENQUEUED_SYSATTR in sys_attrs:  # an enqueued point stays one, as in Optuna's own stale-trial retry
+        attrs[ENQUEUED_SYSATTR] = sys_attrs[ENQUEUED_SYSATTR]
     trial.study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, system_attrs=attrs))
 

@@ -18,7 +18,7 @@ from vitsweep.errors import VitsweepError
 from vitsweep.paths import redact
 from vitsweep.sweep.space import describe_params
 from vitsweep.sweep.storage import load_study
-from vitsweep.tracking.tags import REASON_ATTR, RETRY_HISTORY_SYSATTR, RUN_ATTR, SWEEP_ATTR
+from vitsweep.tracking.tags import ENQUEUED_SYSATTR, REASON_ATTR, RETRY_HISTORY_SYSATTR, RUN_ATTR, SWEEP_ATTR
 from vitsweep.units import fmt_metric
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             reason = "worker died (no heartbeat)"
         if t.number in retried_as:
             reason = f"{reason}; retried as trial {retried_as[t.number]}".lstrip("; ")
-        if "fixed_params" in t.system_attrs:  # Optuna's mark of an enqueue_trial point: not the sampler's
+        if ENQUEUED_SYSATTR in t.system_attrs:  # a queued point, not the sampler's
             reason = f"enqueued; {reason}".rstrip("; ")
         row = {"number": t.number, "state": t.state.name, "value": t.value,
                "epochs": len(t.intermediate_values),

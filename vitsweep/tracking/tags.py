@@ -26,6 +26,7 @@ RESUMED_FROM_ATTR = "resumed_from"  # the checkpoint folder it continued from
 # --- Optuna: trial system attrs (set on a re-queued trial, as Optuna's own retry callback does)
 FAILED_TRIAL_SYSATTR = "failed_trial"
 RETRY_HISTORY_SYSATTR = "retry_history"
+ENQUEUED_SYSATTR = "fixed_params"  # Study.enqueue_trial's mark: a queued point, not one the sampler drew
 
 # Optuna trial state -> MLflow run status
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
